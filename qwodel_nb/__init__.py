@@ -1,0 +1,32 @@
+"""qwodel-nb: 4-bit AWQ (W4A16) quantization of Hugging Face causal LMs for vLLM, notebook first.
+
+The engine (``qwodel_nb.engine``) runs llm-compressor 0.14; :class:`Quantizer` is the
+qwodel-compatible facade over it, and ``qwodel`` the command line.
+"""
+
+from __future__ import annotations
+
+from .engine.errors import (
+    CalibrationDataError,
+    ModelNotFoundError,
+    OutputError,
+    QwodelError,
+    SettingsError,
+    StateError,
+    UnsupportedModelError,
+)
+from .quantizer import Quantizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Quantizer",
+    "QwodelError",
+    "SettingsError",
+    "ModelNotFoundError",
+    "UnsupportedModelError",
+    "CalibrationDataError",
+    "OutputError",
+    "StateError",
+    "__version__",
+]

@@ -1,0 +1,354 @@
+"""Calibration text: where it comes from, which column holds it, and how it is tokenized.
+
+Sources: a hub dataset id (``"repo"`` or ``"repo:subset"``), a local ``.json``/``.jsonl``/``.txt``
+file, an in-memory list of strings, or a ``datasets.Dataset``. The text is the ``text`` column,
+else a chat ``messages`` column rendered with the tokenizer's chat template, else the only
+string column; ``text_column`` names another. Empty rows are dropped, the rest shuffled with a
+fixed seed, and each sample is tokenized by us, truncated to at most ``seq_len`` tokens and not
+padded: llm-compressor receives the token ids as they are.
+
+Batches are formed from samples of similar length (longest first) and cut to the shortest
+sample in each batch, which is how llm-compressor's own truncating collator batches; the
+tokens that cutting drops are counted and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import CalibrationDataError
+from .secrets import Secret, redact
+
+LOCAL_EXTENSIONS = (".json", ".jsonl", ".txt")
+
+
+@dataclass
+class RawCalibration:
+    """Non-empty texts (or chat conversations) in source order, before shuffling and tokenizing."""
+
+    rows: list[Any] = field(repr=False)
+    kind: str  # "text" or "chat"
+    column: str | None
+    description: str
+    dropped_empty: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str  # the text as the model sees it (chat rendered, truncated part decoded)
+    input_ids: tuple[int, ...] = field(repr=False)
+    source_tokens: int  # tokens before truncation
+    truncated: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class CalibrationSet:
+    samples: list[Sample] = field(repr=False)
+    seq_len: int
+    batch_size: int
+    description: str
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [s.num_tokens for s in self.samples]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        """Sample indices per batch: longest first, so that each batch holds similar lengths."""
+        order = sorted(range(len(self.samples)), key=lambda i: -self.samples[i].num_tokens)
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    @property
+    def batch_dropped_tokens(self) -> int:
+        """Tokens cut because a batch is trimmed to its shortest sample."""
+        dropped = 0
+        for batch in self.batches():
+            lengths = [self.samples[i].num_tokens for i in batch]
+            dropped += sum(lengths) - min(lengths) * len(lengths)
+        return dropped
+
+    def summary(self) -> dict:
+        lengths = sorted(self.lengths)
+        n = len(lengths)
+        return {
+            "source": self.description,
+            "samples": n,
+            "tokens": sum(lengths),
+            "tokens_used": sum(lengths) - self.batch_dropped_tokens,
+            "min_tokens": lengths[0] if n else 0,
+            "median_tokens": lengths[n // 2] if n else 0,
+            "max_tokens": lengths[-1] if n else 0,
+            "truncated": sum(s.truncated for s in self.samples),
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "batches": len(self.batches()),
+            "dropped_by_batching": self.batch_dropped_tokens,
+        }
+
+    def dataloader(self):
+        """A torch DataLoader yielding ``input_ids``/``attention_mask`` batches, as described above."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        batches = self.batches()
+        samples = self.samples
+
+        def collate(indices: list[int]) -> dict:
+            length = min(samples[i].num_tokens for i in indices)
+            ids = torch.tensor([list(samples[i].input_ids[:length]) for i in indices], dtype=torch.long)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        return DataLoader(batches, batch_size=None, shuffle=False, collate_fn=collate)
+
+
+# ----------------------------------------------------------------------------- reading sources
+
+
+def read_source(
+    source: Any,
+    split: str = "train",
+    text_column: str | None = None,
+    token: Secret | None = None,
+) -> RawCalibration:
+    """Read the calibration source into non-empty rows. Raises :class:`CalibrationDataError`."""
+    if isinstance(source, (list, tuple)):
+        return _from_texts(list(source), "in-memory list")
+    if hasattr(source, "column_names"):
+        return _from_dataset(source, text_column, f"in-memory {type(source).__name__}")
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        raise CalibrationDataError("calibration_dataset is empty; give a hub id, a local file or a list of texts.")
+    source = source.strip()
+    path = os.path.expanduser(source)
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.isfile(path):
+        if ext not in LOCAL_EXTENSIONS:
+            raise CalibrationDataError(
+                f"Calibration file {source!r} has extension {ext or '(none)'!r}; use a .json, .jsonl or .txt file."
+            )
+        return _from_file(path, ext, text_column)
+    if ext in LOCAL_EXTENSIONS or os.sep in source and not _looks_like_hub(source):
+        raise CalibrationDataError(f"Calibration file {source!r} does not exist; check the path.")
+    if os.path.isdir(path):
+        return _from_hub(path, None, split, text_column, token)
+    repo, _, subset = source.partition(":")
+    if ":" in source and not subset.strip():
+        raise CalibrationDataError(
+            f"Calibration dataset {source!r} names no subset after ':'; write 'repo:subset' "
+            "(for example 'wikitext:wikitext-2-raw-v1') or just 'repo'."
+        )
+    if not repo.strip():
+        raise CalibrationDataError(f"Calibration dataset {source!r} names no repository before ':'.")
+    return _from_hub(repo.strip(), subset.strip() or None, split, text_column, token)
+
+
+def _looks_like_hub(text: str) -> bool:
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+def _from_texts(texts: list, description: str) -> RawCalibration:
+    if not all(isinstance(t, str) for t in texts):
+        raise CalibrationDataError(f"Calibration {description} must hold only texts.")
+    rows = [t for t in texts if t.strip()]
+    return RawCalibration(rows, "text", None, f"{description} ({len(texts)} texts)", len(texts) - len(rows))
+
+
+def _from_file(path: str, ext: str, text_column: str | None) -> RawCalibration:
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = fh.read()
+    except UnicodeDecodeError:
+        raise CalibrationDataError(f"Calibration file {name!r} is not UTF-8 text.") from None
+    except OSError as exc:
+        raise CalibrationDataError(f"Calibration file {name!r} cannot be read: {exc.strerror}.") from None
+    if ext == ".txt":
+        # Paragraphs separated by blank lines; a file without blank lines has one sample per line.
+        blocks = [b.strip() for b in content.replace("\r\n", "\n").split("\n\n")]
+        if len([b for b in blocks if b]) <= 1:
+            blocks = content.splitlines()
+        return _from_texts(blocks, f"text file {name}")
+    records: list
+    try:
+        if ext == ".jsonl":
+            records = [json.loads(line) for line in content.splitlines() if line.strip()]
+        else:
+            data = json.loads(content)
+            if isinstance(data, dict):
+                lists = [v for v in data.values() if isinstance(v, list)]
+                if len(lists) != 1:
+                    raise CalibrationDataError(
+                        f"Calibration file {name!r} holds an object; give a list of texts or of records, "
+                        "or an object with exactly one list in it."
+                    )
+                data = lists[0]
+            if not isinstance(data, list):
+                raise CalibrationDataError(f"Calibration file {name!r} must hold a list of texts or of records.")
+            records = data
+    except json.JSONDecodeError as exc:
+        raise CalibrationDataError(f"Calibration file {name!r} is not valid JSON (line {exc.lineno}: {exc.msg}).") from None
+    if all(isinstance(r, str) for r in records):
+        return _from_texts(records, f"file {name}")
+    if not all(isinstance(r, dict) for r in records):
+        raise CalibrationDataError(f"Calibration file {name!r} mixes texts and records; use one kind.")
+    return _from_records(records, text_column, f"file {name}")
+
+
+def _from_dataset(dataset: Any, text_column: str | None, description: str) -> RawCalibration:
+    if hasattr(dataset, "keys") and not hasattr(dataset, "num_rows"):  # a DatasetDict
+        raise CalibrationDataError(
+            f"Calibration data is a DatasetDict with splits {sorted(dataset.keys())}; pass one split, e.g. ds['train']."
+        )
+    columns = list(dataset.column_names)
+    column, kind = _detect_column(columns, _first_values(dataset), text_column, description)
+    values = dataset[column]
+    return _rows_from_values(values, kind, column, f"{description} ({len(values)} rows), column '{column}'")
+
+
+def _from_records(records: list[dict], text_column: str | None, description: str) -> RawCalibration:
+    columns: list[str] = []
+    for r in records:
+        for k in r:
+            if k not in columns:
+                columns.append(k)
+    first = {c: next((r[c] for r in records if r.get(c) is not None), None) for c in columns}
+    column, kind = _detect_column(columns, first, text_column, description)
+    values = [r.get(column) for r in records]
+    return _rows_from_values(values, kind, column, f"{description} ({len(values)} rows), column '{column}'")
+
+
+def _first_values(dataset: Any) -> dict:
+    if len(dataset) == 0:
+        return {c: None for c in dataset.column_names}
+    return dict(dataset[0])
+
+
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "content" in m for m in value)
+
+
+def _detect_column(columns: list[str], first: dict, text_column: str | None, description: str) -> tuple[str, str]:
+    if text_column is not None:
+        if text_column not in columns:
+            raise CalibrationDataError(
+                f"Calibration {description} has no column {text_column!r}; its columns: {', '.join(columns) or 'none'}."
+            )
+        return text_column, "chat" if _is_chat(first.get(text_column)) else "text"
+    if "text" in columns:
+        return "text", "text"
+    if "messages" in columns and (first.get("messages") is None or _is_chat(first.get("messages"))):
+        return "messages", "chat"
+    strings = [c for c in columns if isinstance(first.get(c), str)]
+    if len(strings) == 1:
+        return strings[0], "text"
+    raise CalibrationDataError(
+        f"Calibration {description} has no 'text' or chat 'messages' column and "
+        f"{'several' if strings else 'no'} text columns ({', '.join(columns) or 'none'}); "
+        "name the one to use with text_column."
+    )
+
+
+def _rows_from_values(values: Sequence[Any], kind: str, column: str, description: str) -> RawCalibration:
+    rows: list[Any] = []
+    for value in values:
+        if kind == "chat":
+            if _is_chat(value) and any(str(m.get("content") or "").strip() for m in value):
+                rows.append(value)
+        elif isinstance(value, str) and value.strip():
+            rows.append(value)
+    return RawCalibration(rows, kind, column, description, len(values) - len(rows))
+
+
+def _from_hub(repo: str, subset: str | None, split: str, text_column: str | None, token: Secret | None) -> RawCalibration:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise CalibrationDataError("The 'datasets' package is needed for hub calibration data; pip install datasets.") from None
+    label = repo + (f":{subset}" if subset else "")
+    try:
+        dataset = datasets.load_dataset(repo, subset, split=split, token=token.reveal() if token else None)
+    except ValueError as exc:
+        text = redact(str(exc), token)
+        if "split" in text.lower() or "Unknown split" in text:
+            raise CalibrationDataError(f"Calibration dataset {label!r} has no split {split!r}: {text.splitlines()[0][:200]}") from None
+        raise CalibrationDataError(f"Calibration dataset {label!r} cannot be loaded: {text.splitlines()[0][:200]}") from None
+    except Exception as exc:
+        text = redact(str(exc), token).strip()
+        first = text.splitlines()[0][:200] if text else type(exc).__name__
+        lowered = text.lower()
+        if "gated" in lowered or "401" in lowered or "403" in lowered:
+            raise CalibrationDataError(
+                f"Calibration dataset {label!r} is gated or private; set HF_TOKEN or pass token=... with access."
+            ) from None
+        if "config" in lowered and ("available" in lowered or "missing" in lowered):
+            raise CalibrationDataError(f"Calibration dataset {label!r}: {first}; name a subset as 'repo:subset'.") from None
+        raise CalibrationDataError(
+            f"Calibration dataset {label!r} cannot be loaded ({first}); check the id and the network, "
+            "or give a local .json/.jsonl/.txt file."
+        ) from None
+    return _from_dataset(dataset, text_column, f"dataset {label} [{split}]")
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+def render_chat(tokenizer: Any, messages: list[dict]) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise CalibrationDataError(
+            "The calibration data is chat 'messages' but the tokenizer has no chat template; "
+            "give plain text (a 'text' column) or name another column with text_column."
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def tokenize(
+    raw: RawCalibration,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    num_samples: int,
+    batch_size: int,
+    seed: int = 0,
+) -> CalibrationSet:
+    """Shuffle ``raw`` with ``seed``, take ``num_samples`` rows and tokenize them to at most ``seq_len``."""
+    if len(raw) == 0:
+        raise CalibrationDataError(f"Calibration {raw.description} has no non-empty text; give other data.")
+    order = list(range(len(raw.rows)))
+    random.Random(seed).shuffle(order)
+    samples: list[Sample] = []
+    for index in order[:num_samples]:
+        row = raw.rows[index]
+        chat = raw.kind == "chat"
+        text = render_chat(tokenizer, row) if chat else row
+        # Bound the work on huge rows: beyond ~16 characters per token the text is surely truncated.
+        clipped = text[: seq_len * 16]
+        ids = tokenizer(clipped, add_special_tokens=not chat, truncation=False)["input_ids"]
+        source_tokens = len(ids)
+        truncated = source_tokens > seq_len or len(clipped) < len(text)
+        ids = ids[:seq_len]
+        if not ids:
+            continue
+        shown = tokenizer.decode(ids, skip_special_tokens=False) if truncated else text
+        samples.append(Sample(shown, tuple(ids), source_tokens, truncated))
+    if not samples:
+        raise CalibrationDataError(f"Calibration {raw.description} produced no tokens; give other data.")
+    return CalibrationSet(samples, seq_len, min(batch_size, len(samples)), raw.description)

@@ -1,0 +1,46 @@
+"""Errors a user can cause and fix.
+
+Every exception in this module carries a one-line message that says what went wrong and
+what to do about it. The CLI prints it as one line and exits with code 2, the notebook
+layers show it as a message block; neither shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class QwodelError(Exception):
+    """Base class of every error that the user can fix by changing the input."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        # Keep the message on one line whatever the caller passed in.
+        super().__init__(" ".join(str(message).split()))
+
+    @property
+    def message(self) -> str:
+        return self.args[0]
+
+
+class SettingsError(QwodelError, ValueError):
+    """A setting has a wrong type or value."""
+
+
+class ModelNotFoundError(QwodelError, FileNotFoundError):
+    """The model folder or hub id cannot be found or read."""
+
+
+class UnsupportedModelError(QwodelError):
+    """The model cannot be quantized with AWQ as asked (architecture, layer shapes, remote code)."""
+
+
+class CalibrationDataError(QwodelError, ValueError):
+    """The calibration data cannot be read or holds too little usable text."""
+
+
+class OutputError(QwodelError):
+    """The output folder exists and is not empty, or cannot be written."""
+
+
+class StateError(QwodelError, RuntimeError):
+    """An operation was asked for in a state that does not allow it."""

@@ -1,0 +1,226 @@
+"""The plan of a run: every setting resolved, with reasons, before any weight is loaded.
+
+Data flows one way: settings -> plan -> calibration samples -> AWQ run -> output. A plan holds
+what was read from the model (config, module tree, safetensors headers), the GPU memory, the
+layer layout (ignore list, group size, AWQ mappings), the calibration source's usable rows and
+the calibration settings from the headroom table, each with the reason it was chosen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import autoconfig
+from .calibration import RawCalibration, read_source
+from .errors import SettingsError
+from .layout import Layout, plan_layout
+from .model_info import ModelInfo, TORCH_DTYPE_BYTES, inspect_model
+from .output import check_output
+from .secrets import Secret, resolve_token
+from .settings import Settings
+from .vram import VramReport, probe
+
+# Kept free on the GPU beyond the weights for activations, CUDA context and allocator slack.
+GPU_RESERVE_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    token: Secret | None = field(repr=False)
+    output_path: str | None
+    model: ModelInfo
+    vram: VramReport
+    device: str  # "cuda" or "cpu"
+    compute_dtype: str
+    save_dtype: str
+    placement: str  # how the weights sit during calibration
+    headroom_bytes: int | None
+    headroom_reason: str
+    layout: Layout
+    raw_calibration: RawCalibration
+    calibration: autoconfig.CalibrationConfig
+    est_output_bytes: int
+    est_peak_gpu_bytes: int | None
+
+    @property
+    def batch_size(self) -> int:
+        return self.calibration.batch_size.value
+
+    @property
+    def seq_len(self) -> int:
+        return self.calibration.seq_len.value
+
+    @property
+    def num_samples(self) -> int:
+        return self.calibration.num_samples.value
+
+    def as_dict(self) -> dict:
+        """Plain values for the summary JSON and for display (never the token)."""
+        m = self.model
+        return {
+            "model": {
+                "source": m.source,
+                "class": m.class_name,
+                "model_type": m.model_type,
+                "parameters": m.param_count,
+                "layers": m.num_layers,
+                "hidden_size": m.hidden_size,
+                "max_positions": m.max_positions,
+                "stored_dtype": m.dtype,
+                "weight_bytes": m.weight_bytes,
+                "weight_bytes_source": m.weight_bytes_source,
+            },
+            "device": self.device,
+            "compute_dtype": self.compute_dtype,
+            "save_dtype": self.save_dtype,
+            "placement": self.placement,
+            "headroom_bytes": self.headroom_bytes,
+            "headroom_reason": self.headroom_reason,
+            "gpus": [
+                {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "free_bytes": g.free_bytes}
+                for g in self.vram.gpus
+            ],
+            "calibration": self.calibration.as_dict()
+            | {"source": self.raw_calibration.description, "usable_rows": len(self.raw_calibration)},
+            "group_size": self.layout.group_size,
+            "group_size_reason": self.layout.group_size_reason,
+            "symmetric": self.settings.symmetric,
+            "ignore": list(self.layout.ignore),
+            "ignore_source": self.layout.ignore_source,
+            "quantized_layers": len(self.layout.quantized),
+            "unquantized_linear_layers": list(self.layout.skipped),
+            "awq_mappings": self.layout.mappings.source,
+            "estimated_output_bytes": self.est_output_bytes,
+            "estimated_peak_gpu_bytes": self.est_peak_gpu_bytes,
+            "token": None if self.token is None else f"*** (from {self.token.source})",
+        }
+
+
+def _compute_device(settings: Settings, vram: VramReport) -> str:
+    import torch
+
+    accelerator = torch.cuda.is_available()
+    if settings.device == "cpu":
+        if accelerator:
+            raise SettingsError(
+                "device='cpu' on a machine with a visible GPU: llm-compressor always calibrates on the GPU it sees; "
+                "start Python with CUDA_VISIBLE_DEVICES='' to force the CPU."
+            )
+        return "cpu"
+    if settings.device == "cuda" and not accelerator:
+        reason = vram.reason or "torch sees no CUDA device"
+        raise SettingsError(f"device='cuda' but no GPU is usable ({reason}); use device='auto' to run on the CPU.")
+    return "cuda" if accelerator else "cpu"
+
+
+def _dtypes(settings: Settings, info: ModelInfo, device: str) -> tuple[str, str]:
+    """(dtype the model computes in during calibration, dtype of the saved unquantized tensors)."""
+    stored = info.dtype if info.dtype in TORCH_DTYPE_BYTES else "bfloat16"
+    if settings.dtype != "auto":
+        return settings.dtype, settings.dtype
+    if device == "cpu":
+        # 16-bit matrix products are slow on most CPUs; compute in float32, save as stored.
+        return "float32", stored
+    return (stored if stored != "float64" else "bfloat16"), stored
+
+
+def estimate_output_bytes(info: ModelInfo, layout: Layout, symmetric: bool, save_dtype: str) -> int:
+    """Packed 4-bit weights + scales (+ zero points) for quantized layers; the rest at ``save_dtype``."""
+    per = TORCH_DTYPE_BYTES.get(save_dtype, 2)
+    quantized = set(layout.quantized)
+    q_params = 0
+    q_bytes = 0
+    g = layout.group_size
+    for layer in info.linear_layers:
+        if layer.name not in quantized:
+            continue
+        n = layer.in_features * layer.out_features
+        groups = n // g
+        q_params += n
+        q_bytes += n // 2 + groups * per + (0 if symmetric else groups // 2)
+    return q_bytes + (info.param_count - q_params) * per
+
+
+def _headroom(vram: VramReport, info: ModelInfo, device: str, compute_dtype: str) -> tuple[int | None, str, str]:
+    if device == "cpu":
+        why = vram.reason or "no GPU"
+        return None, f"no GPU ({why}): CPU row of the table", "CPU"
+    gpu = vram.calibration_gpu()
+    if gpu is None:  # torch sees a GPU that NVML cannot read (rare); assume nothing is known
+        return None, "GPU memory unreadable through NVML: CPU row of the table", "GPU, weights on CPU, one layer on the GPU at a time"
+    weights = info.param_count * TORCH_DTYPE_BYTES.get(compute_dtype, 2)
+    if weights + GPU_RESERVE_BYTES <= gpu.free_bytes:
+        return (
+            gpu.free_bytes - weights,
+            f"GPU {gpu.index} ({gpu.name}) has {gpu.free_bytes / 1024**3:.1f} GB free; "
+            f"the weights take {weights / 1024**3:.1f} GB of it",
+            f"whole model on GPU {gpu.index}",
+        )
+    layer = int(info.largest_layer_bytes * TORCH_DTYPE_BYTES.get(compute_dtype, 2) / max(info.dtype_bytes, 1))
+    return (
+        max(gpu.free_bytes - layer, 0),
+        f"GPU {gpu.index} ({gpu.name}) has {gpu.free_bytes / 1024**3:.1f} GB free, too little for the "
+        f"{weights / 1024**3:.1f} GB of weights; layers are onloaded one at a time ({layer / 1024**3:.2f} GB each)",
+        f"weights on CPU, one layer at a time on GPU {gpu.index}",
+    )
+
+
+def estimate_peak_gpu(info: ModelInfo, placement: str, compute_dtype: str, batch: int, seq: int, samples: int) -> int:
+    """A rough upper estimate: resident weights + AWQ's cached parent outputs + one batch's activations."""
+    per = TORCH_DTYPE_BYTES.get(compute_dtype, 2)
+    hidden = info.hidden_size or 4096
+    inter = getattr(info.config.get_text_config(), "intermediate_size", None) or 4 * hidden
+    weights = info.param_count * per if placement.startswith("whole") else int(info.largest_layer_bytes * per / max(info.dtype_bytes, 1))
+    cached_outputs = 2 * samples * seq * hidden * per  # reference + quantized outputs of one parent module
+    one_batch = batch * seq * (3 * inter + 4 * hidden) * per
+    return weights + cached_outputs + one_batch
+
+
+def make_plan(settings: Settings, *, require_output: bool = True, vram: VramReport | None = None) -> Plan:
+    """Resolve ``settings`` into a :class:`Plan`; raises a :class:`QwodelError` on any bad input."""
+    output = check_output(settings.output, settings.overwrite) if (require_output or settings.output) else None
+    token = resolve_token(settings.token)
+    info = inspect_model(settings.model, token, settings.trust_remote_code)
+    layout = plan_layout(info, settings.ignore, settings.group_size)
+    vram = vram if vram is not None else probe()
+    device = _compute_device(settings, vram)
+    compute_dtype, save_dtype = _dtypes(settings, info, device)
+    headroom, headroom_reason, placement = _headroom(vram, info, device, compute_dtype)
+    raw = read_source(settings.calibration_dataset, settings.calibration_split, settings.text_column, token)
+    if len(raw) == 0:
+        from .errors import CalibrationDataError
+
+        raise CalibrationDataError(f"Calibration {raw.description} has no non-empty text; give other data.")
+    calibration = autoconfig.resolve(
+        headroom,
+        settings.batch_size,
+        settings.seq_len,
+        settings.num_samples,
+        max_positions=info.max_positions,
+        available_samples=len(raw),
+    )
+    est_out = estimate_output_bytes(info, layout, settings.symmetric, save_dtype)
+    peak = None
+    if device == "cuda":
+        peak = estimate_peak_gpu(
+            info, placement, compute_dtype, calibration.batch_size.value, calibration.seq_len.value, calibration.num_samples.value
+        )
+    return Plan(
+        settings=settings,
+        token=token,
+        output_path=output,
+        model=info,
+        vram=vram,
+        device=device,
+        compute_dtype=compute_dtype,
+        save_dtype=save_dtype,
+        placement=placement,
+        headroom_bytes=headroom,
+        headroom_reason=headroom_reason,
+        layout=layout,
+        raw_calibration=raw,
+        calibration=calibration,
+        est_output_bytes=est_out,
+        est_peak_gpu_bytes=peak,
+    )

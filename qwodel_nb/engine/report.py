@@ -1,0 +1,68 @@
+"""Plain-text reports of a VRAM probe, a plan and a result, for the CLI and text reprs."""
+
+from __future__ import annotations
+
+from .plan import Plan
+from .run import RunResult
+from .vram import VramReport, format_bytes
+
+
+def format_vram(report: VramReport) -> str:
+    if not report.has_gpu:
+        return f"No GPU: {report.reason}. Calibration runs on the CPU (small models only)."
+    lines = ["GPU  name                              total       used        free"]
+    for g in report.gpus:
+        lines.append(
+            f"{g.index:<4} {g.name[:32]:<33} {format_bytes(g.total_bytes):>10}  {format_bytes(g.used_bytes):>10}  "
+            f"{format_bytes(g.free_bytes):>10}"
+        )
+    return "\n".join(lines)
+
+
+def format_plan(plan: Plan) -> str:
+    m = plan.model
+    c = plan.calibration
+    lines = [
+        f"model        {m.source} ({m.class_name}, {m.param_count / 1e6:.1f}M parameters, {m.num_layers} layers, {m.dtype})",
+        f"device       {plan.device}: {plan.placement}; compute in {plan.compute_dtype}, save in {plan.save_dtype}",
+        f"headroom     {format_bytes(plan.headroom_bytes) if plan.headroom_bytes is not None else 'n/a'} ({plan.headroom_reason})",
+        f"calibration  {plan.raw_calibration.description}: {len(plan.raw_calibration)} usable rows",
+        f"num_samples  {c.num_samples.describe()}",
+        f"seq_len      {c.seq_len.describe()}",
+        f"batch_size   {c.batch_size.describe()}",
+        f"scheme       W4A16 {'symmetric' if plan.settings.symmetric else 'asymmetric'}, group size "
+        f"{plan.layout.group_size} ({plan.layout.group_size_reason})",
+        f"layers       {len(plan.layout.quantized)} quantized; kept in 16 bits: {', '.join(plan.layout.skipped) or 'none'}",
+        f"ignore       {', '.join(plan.layout.ignore)} ({plan.layout.ignore_source})",
+        f"AWQ mappings {plan.layout.mappings.source}",
+        f"output       {plan.output_path} (about {format_bytes(plan.est_output_bytes)}, from {format_bytes(m.weight_bytes)})",
+    ]
+    if plan.est_peak_gpu_bytes is not None:
+        lines.append(f"peak GPU     about {format_bytes(plan.est_peak_gpu_bytes)} (estimate)")
+    if plan.token is not None:
+        lines.append(f"token        *** (from {plan.token.source})")
+    return "\n".join(lines)
+
+
+def format_result(result: RunResult) -> str:
+    t = result.timings
+    cal = result.calibration
+    lines = [
+        f"output       {result.output_path}",
+        f"calibrated   {cal['samples']} samples, {cal['tokens_used']} tokens in {cal['batches']} batches of up to {cal['batch_size']}",
+        f"time         total {t['total_s']:.1f} s (AWQ {t['awq_s']:.1f} s, load {t['load_model_s']:.1f} s, save {t['save_s']:.1f} s)",
+        f"size         {format_bytes(result.size_before_bytes)} -> {format_bytes(result.size_after_bytes)} "
+        f"({result.compression_ratio:.2f}x smaller)",
+    ]
+    if result.peak_gpu_bytes is not None:
+        lines.append(f"peak GPU     {format_bytes(result.peak_gpu_bytes)}")
+    lines.append(f"peak RAM     {format_bytes(result.peak_rss_bytes)}")
+    return "\n".join(lines)
+
+
+def vllm_snippet(path: str) -> str:
+    return (
+        "from vllm import LLM, SamplingParams\n"
+        f"llm = LLM(model={path!r})  # compressed-tensors W4A16 is detected from config.json\n"
+        "print(llm.generate(['Hello, my name is'], SamplingParams(max_tokens=32))[0].outputs[0].text)"
+    )

@@ -1,0 +1,185 @@
+"""One quantization run, from a plan to a finished output folder.
+
+The steps, each timed: load the tokenizer and tokenize the calibration samples; load the model;
+calibrate with AWQ and apply the W4A16 scheme (llm-compressor); save into a staged folder with
+the tokenizer, the recipe and a summary; move the folder into place.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .awq import build_recipe, run_oneshot
+from .calibration import CalibrationSet, tokenize
+from .errors import ModelNotFoundError, UnsupportedModelError
+from .output import SUMMARY_NAME, folder_bytes, staged_output, write_json
+from .plan import Plan
+from .secrets import redact
+from .versions import library_versions
+
+
+@dataclass
+class RunResult:
+    output_path: str
+    timings: dict[str, float]
+    calibration: dict
+    size_before_bytes: int
+    size_after_bytes: int
+    peak_gpu_bytes: int | None
+    peak_rss_bytes: int
+    summary: dict = field(repr=False)
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.size_before_bytes / self.size_after_bytes if self.size_after_bytes else float("nan")
+
+
+def load_tokenizer(plan: Plan) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            _model_ref(plan),
+            token=plan.token.reveal() if plan.token else None,
+            trust_remote_code=plan.settings.trust_remote_code,
+        )
+    except Exception as exc:
+        text = redact(str(exc), plan.token).strip().splitlines()
+        raise ModelNotFoundError(
+            f"Could not load the tokenizer of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__}); "
+            "the model folder needs its tokenizer files."
+        ) from None
+
+
+def prepare_calibration(plan: Plan, tokenizer: Any) -> CalibrationSet:
+    return tokenize(
+        plan.raw_calibration,
+        tokenizer,
+        seq_len=plan.seq_len,
+        num_samples=plan.num_samples,
+        batch_size=plan.batch_size,
+        seed=plan.settings.seed,
+    )
+
+
+def _model_ref(plan: Plan) -> str:
+    return os.path.expanduser(plan.model.source) if plan.model.is_local else plan.model.source
+
+
+def load_model(plan: Plan) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": getattr(torch, plan.compute_dtype),
+        "token": plan.token.reveal() if plan.token else None,
+        "trust_remote_code": plan.settings.trust_remote_code,
+    }
+    if plan.placement.startswith("whole model on GPU"):
+        kwargs["device_map"] = "cuda:0"
+    try:
+        return AutoModelForCausalLM.from_pretrained(_model_ref(plan), **kwargs)
+    except (OSError, ValueError) as exc:
+        text = redact(str(exc), plan.token).strip().splitlines()
+        raise UnsupportedModelError(
+            f"Could not load the weights of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__})."
+        ) from None
+
+
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if platform.system() == "Darwin" else rss * 1024
+
+
+def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: CalibrationSet, awq_cls: type | None = None) -> None:
+    """AWQ + W4A16 on ``model`` in place, then cast to the dtype it will be saved in."""
+    import torch
+
+    recipe = build_recipe(
+        group_size=plan.layout.group_size,
+        symmetric=plan.settings.symmetric,
+        ignore=plan.layout.ignore,
+        awq_cls=awq_cls,
+    )
+    run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
+    if plan.save_dtype != plan.compute_dtype:
+        model.to(getattr(torch, plan.save_dtype))
+
+
+def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float) -> tuple[str, int]:
+    """Write the compressed model into a staged folder and move it into place; returns (path, weight bytes).
+
+    The summary is the last file written into the staged folder, with the save and total times
+    already in it, so the published folder is never changed afterwards.
+    """
+    assert plan.output_path is not None
+    t = time.perf_counter()
+    with staged_output(plan.output_path, plan.settings.overwrite) as tmp:
+        model.save_pretrained(tmp, save_compressed=True)
+        tokenizer.save_pretrained(tmp)
+        size_after = folder_bytes(tmp, ".safetensors")
+        before = summary["sizes"]["before_bytes"]
+        summary["sizes"]["after_bytes"] = size_after
+        summary["sizes"]["compression_ratio"] = round(before / size_after, 3) if size_after else None
+        summary["timings"]["save_s"] = time.perf_counter() - t
+        summary["timings"]["total_s"] = time.perf_counter() - started
+        write_json(os.path.join(tmp, SUMMARY_NAME), summary)
+    return plan.output_path, size_after
+
+
+def execute(plan: Plan, awq_cls: type | None = None) -> RunResult:
+    """Run ``plan`` to a finished output folder."""
+    import torch
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if plan.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    t = time.perf_counter()
+    tokenizer = load_tokenizer(plan)
+    calibration = prepare_calibration(plan, tokenizer)
+    timings["calibration_data_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    model = load_model(plan)
+    timings["load_model_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    quantize_model(plan, model, tokenizer, calibration, awq_cls)
+    timings["awq_s"] = time.perf_counter() - t
+
+    peak_gpu = torch.cuda.max_memory_allocated() if plan.device == "cuda" else None
+    summary = {
+        "tool": "qwodel-nb",
+        "backend": "awq",
+        "format": "int4",
+        "scheme": "W4A16" if plan.settings.symmetric else "W4A16_ASYM",
+        "settings": plan.settings.public_dict(),
+        "plan": plan.as_dict(),
+        "calibration": calibration.summary(),
+        "timings": timings,
+        "sizes": {"before_bytes": plan.model.weight_bytes},
+        "peak_gpu_bytes": peak_gpu,
+        "versions": library_versions(),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path, size_after = save_output(plan, model, tokenizer, summary, started)
+    del model
+    if plan.device == "cuda":
+        torch.cuda.empty_cache()
+    return RunResult(
+        output_path=path,
+        timings=timings,
+        calibration=calibration.summary(),
+        size_before_bytes=plan.model.weight_bytes,
+        size_after_bytes=size_after,
+        peak_gpu_bytes=peak_gpu,
+        peak_rss_bytes=_peak_rss_bytes(),
+        summary=summary,
+    )
