@@ -12,6 +12,7 @@ gains nothing from batching but memory traffic).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 GIB = 1024**3
@@ -61,7 +62,8 @@ def table_row(headroom_bytes: int | None) -> tuple[str, tuple[int, int, int]]:
     lower = 0
     for upper, bs, sl, ns in HEADROOM_TABLE:
         if upper is None or gib < upper:
-            label = f"headroom {gib:.1f} GB is " + (f"< {upper} GB" if lower == 0 else (
+            shown = math.floor(gib * 10) / 10  # round down: 3.99 GB must not read "4.0 GB is < 4 GB"
+            label = f"headroom {shown:.1f} GB is " + (f"< {upper} GB" if lower == 0 else (
                 f"{lower}-{upper} GB" if upper is not None else f"> {lower} GB"))
             return label, (bs, sl, ns)
         lower = upper

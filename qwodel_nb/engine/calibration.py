@@ -44,7 +44,7 @@ class RawCalibration:
 class Sample:
     text: str  # the text as the model sees it (chat rendered, truncated part decoded)
     input_ids: tuple[int, ...] = field(repr=False)
-    source_tokens: int  # tokens before truncation
+    source_tokens: int  # tokens before truncation (of a row clipped to 16 characters per token allowed)
     truncated: bool
 
     @property
@@ -146,10 +146,10 @@ def read_source(
                 f"Calibration file {source!r} has extension {ext or '(none)'!r}; use a .json, .jsonl or .txt file."
             )
         return _from_file(path, ext, text_column)
-    if ext in LOCAL_EXTENSIONS or os.sep in source and not _looks_like_hub(source):
-        raise CalibrationDataError(f"Calibration file {source!r} does not exist; check the path.")
     if os.path.isdir(path):
         return _from_hub(path, None, split, text_column, token)
+    if ext in LOCAL_EXTENSIONS or os.sep in source and not _looks_like_hub(source):
+        raise CalibrationDataError(f"Calibration file {source!r} does not exist; check the path.")
     repo, _, subset = source.partition(":")
     if ":" in source and not subset.strip():
         raise CalibrationDataError(
@@ -190,7 +190,15 @@ def _from_file(path: str, ext: str, text_column: str | None) -> RawCalibration:
     records: list
     try:
         if ext == ".jsonl":
-            records = [json.loads(line) for line in content.splitlines() if line.strip()]
+            records = []
+            for number, line in enumerate(content.splitlines(), 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise CalibrationDataError(
+                            f"Calibration file {name!r} is not valid JSON Lines (line {number}: {exc.msg})."
+                        ) from None
         else:
             data = json.loads(content)
             if isinstance(data, dict):
@@ -214,7 +222,7 @@ def _from_file(path: str, ext: str, text_column: str | None) -> RawCalibration:
 
 
 def _from_dataset(dataset: Any, text_column: str | None, description: str) -> RawCalibration:
-    if hasattr(dataset, "keys") and not hasattr(dataset, "num_rows"):  # a DatasetDict
+    if isinstance(getattr(dataset, "column_names", None), dict):  # a DatasetDict: columns per split
         raise CalibrationDataError(
             f"Calibration data is a DatasetDict with splits {sorted(dataset.keys())}; pass one split, e.g. ds['train']."
         )

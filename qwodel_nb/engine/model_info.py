@@ -141,6 +141,11 @@ def build_meta_model(config: Any, trust_remote_code: bool):
             f"{type(config).__name__} is not a causal language model that transformers can build "
             f"(AutoModelForCausalLM refused it); qwodel-nb quantizes causal LMs."
         ) from None
+    except Exception as exc:  # an inconsistent config.json makes model classes fail in many ways
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UnsupportedModelError(
+            f"The model cannot be built from its config.json ({type(exc).__name__}: {first}); check that file."
+        ) from None
 
 
 def _read_safetensors_header(path: str) -> dict:

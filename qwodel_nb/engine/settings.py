@@ -102,6 +102,7 @@ def describe_calibration_source(source: Any) -> str:
 def _canonical(options: dict[str, Any]) -> dict[str, Any]:
     names = set(field_names())
     out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for key, value in options.items():
         name = ALIASES.get(key, key)
         if name not in names:
@@ -109,9 +110,10 @@ def _canonical(options: dict[str, Any]) -> dict[str, Any]:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise SettingsError(f"Unknown setting '{key}'.{hint} Known settings: {', '.join(sorted(names))}.")
-        if name in out and key != name:
-            raise SettingsError(f"Setting '{name}' was given twice (as '{key}' too); give it once.")
+        if name in out:
+            raise SettingsError(f"Setting '{name}' was given twice (as '{given_as[name]}' and '{key}'); give it once.")
         out[name] = value
+        given_as[name] = key
     return out
 
 
