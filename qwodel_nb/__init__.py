@@ -12,15 +12,18 @@ from .engine.errors import (
     OutputError,
     QwodelError,
     SettingsError,
+    CancelledError,
     StateError,
     UnsupportedModelError,
 )
 from .quantizer import Quantizer
+from .session import Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Quantizer",
+    "Session",
     "QwodelError",
     "SettingsError",
     "ModelNotFoundError",
@@ -28,5 +31,6 @@ __all__ = [
     "CalibrationDataError",
     "OutputError",
     "StateError",
+    "CancelledError",
     "__version__",
 ]

@@ -99,16 +99,23 @@ def _settings_from(args: argparse.Namespace, *, need_output: bool) -> Any:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .engine.logs import library_bars_silenced
     from .engine.plan import make_plan
     from .engine.report import format_plan, format_result, vllm_snippet
     from .engine.run import execute
+    from .progress_bar import ProgressBar
 
     settings = _settings_from(args, need_output=True)
     if args.token:
         print("qwodel: note: a token on the command line can stay in your shell history; prefer HF_TOKEN.", file=sys.stderr)
     plan = make_plan(settings)
     print(format_plan(plan), flush=True)
-    result = execute(plan)
+    bar = ProgressBar(plan.model.num_layers)
+    try:
+        with library_bars_silenced():
+            result = execute(plan, [bar])
+    finally:
+        bar.close(ok="result" in locals())
     print()
     print(format_result(result))
     print("\nServe it with vLLM:\n" + vllm_snippet(result.output_path))

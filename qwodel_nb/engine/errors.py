@@ -44,3 +44,17 @@ class OutputError(QwodelError):
 
 class StateError(QwodelError, RuntimeError):
     """An operation was asked for in a state that does not allow it."""
+
+
+class CancelledError(QwodelError):
+    """A run was cancelled by the user; nothing was written."""
+
+    exit_code = 130
+
+
+class RunCancelled(BaseException):
+    """Raised inside a run when the user cancelled it.
+
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the way
+    (in llm-compressor or a listener) swallows it; the output staging removes what was written.
+    """

@@ -37,3 +37,50 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int
             total_nll += float(nll)
             total_tokens += chunk.shape[1] - 1
     return math.exp(total_nll / total_tokens)
+
+
+def layer_output_errors(reference: Any, quantized: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int = 512) -> list[float]:
+    """Relative output error ``||y_q - y|| / ||y||`` of every decoder layer, on held-out text.
+
+    Both models read the same tokens; each layer's error therefore includes what the layers
+    before it passed on, which is what the model's output finally sees.
+    """
+    import torch
+
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(ids) >= seq_len:
+            break
+    if not ids:
+        raise ValueError("held-out text is empty")
+    batch = torch.tensor([ids[:seq_len]])
+
+    def capture(model) -> list[torch.Tensor]:
+        layers = _decoder_layers(model)
+        outputs: list[torch.Tensor] = []
+        hooks = [
+            layer.register_forward_hook(lambda _m, _a, out: outputs.append((out[0] if isinstance(out, tuple) else out).float().cpu()))
+            for layer in layers
+        ]
+        try:
+            with torch.no_grad():
+                model(batch.to(next(model.parameters()).device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return outputs
+
+    ref = capture(reference)
+    got = capture(quantized)
+    return [float((g - r).norm() / r.norm().clamp_min(1e-12)) for r, g in zip(ref, got)]
+
+
+def _decoder_layers(model: Any) -> list:
+    import torch
+
+    best: list = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            best = list(module)
+    return best

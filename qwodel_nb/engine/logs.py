@@ -9,7 +9,10 @@ the CPU).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
+from typing import Iterator
 
 _NOISE = ("No accelerator available",)
 
@@ -24,3 +27,37 @@ def route_library_logs(level: str = "WARNING") -> None:
         return not any(text in record["message"] for text in _NOISE)
 
     logger.add(sys.stderr, level=level.upper(), format="llm-compressor {level}: {message}", filter=_keep)
+
+
+@contextlib.contextmanager
+def library_bars_silenced() -> Iterator[None]:
+    """Hide llm-compressor's and compressed-tensors' own tqdm bars while our progress shows.
+
+    Both libraries call ``tqdm`` imported into each module; for the duration of the block every
+    such name in their loaded modules is swapped for a tqdm that is disabled, then restored.
+    """
+    import importlib
+
+    from tqdm import tqdm as _tqdm
+    from transformers.utils import logging as hf_logging
+
+    for name in ("llmcompressor.entrypoints.oneshot", "llmcompressor.pipelines.sequential.pipeline",
+                 "llmcompressor.modifiers.transform.awq.base"):
+        importlib.import_module(name)  # load them now, so that their bars are found below
+    quiet = functools.partial(_tqdm, disable=True)
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    swapped = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("llmcompressor", "compressed_tensors")):
+            continue
+        if getattr(module, "tqdm", None) is _tqdm:
+            swapped.append(module)
+            module.tqdm = quiet
+    try:
+        yield
+    finally:
+        for module in swapped:
+            module.tqdm = _tqdm
+        if hf_bars:
+            hf_logging.enable_progress_bar()

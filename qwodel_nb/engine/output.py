@@ -20,6 +20,7 @@ from typing import Iterator
 from .errors import OutputError
 
 SUMMARY_NAME = "qwodel_summary.json"
+STATS_NAME = "stats.json"
 _TMP_PREFIX = ".qwodel-tmp-"
 
 

@@ -8,11 +8,12 @@ the calibration settings from the headroom table, each with the reason it was ch
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from . import autoconfig
 from .calibration import RawCalibration, read_source
-from .errors import SettingsError
+from .errors import OutputError, SettingsError
 from .layout import Layout, plan_layout
 from .model_info import ModelInfo, TORCH_DTYPE_BYTES, inspect_model
 from .output import check_output
@@ -42,6 +43,7 @@ class Plan:
     calibration: autoconfig.CalibrationConfig
     est_output_bytes: int
     est_peak_gpu_bytes: int | None
+    output_note: str | None = None  # why run() would refuse this output folder, when it would
 
     @property
     def batch_size(self) -> int:
@@ -91,6 +93,8 @@ class Plan:
             "quantized_layers": len(self.layout.quantized),
             "unquantized_linear_layers": list(self.layout.skipped),
             "awq_mappings": self.layout.mappings.source,
+            "output": self.output_path,
+            "output_note": self.output_note,
             "estimated_output_bytes": self.est_output_bytes,
             "estimated_peak_gpu_bytes": self.est_peak_gpu_bytes,
             "token": None if self.token is None else f"*** (from {self.token.source})",
@@ -142,7 +146,7 @@ def estimate_output_bytes(info: ModelInfo, layout: Layout, symmetric: bool, save
     return q_bytes + (info.param_count - q_params) * per
 
 
-def _headroom(vram: VramReport, info: ModelInfo, device: str, compute_dtype: str) -> tuple[int | None, str, str]:
+def gpu_headroom(vram: VramReport, info: ModelInfo, device: str, compute_dtype: str) -> tuple[int | None, str, str]:
     if device == "cpu":
         why = vram.reason or "no GPU"
         return None, f"no GPU ({why}): CPU row of the table", "CPU"
@@ -166,6 +170,25 @@ def _headroom(vram: VramReport, info: ModelInfo, device: str, compute_dtype: str
     )
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which dtype the model calibrates, and the GPU headroom that leaves."""
+
+    device: str
+    compute_dtype: str
+    save_dtype: str
+    headroom_bytes: int | None
+    headroom_reason: str
+    placement: str
+
+
+def resolve_placement(settings: Settings, info: ModelInfo, vram: VramReport) -> Placement:
+    device = _compute_device(settings, vram)
+    compute_dtype, save_dtype = _dtypes(settings, info, device)
+    headroom, reason, placement = gpu_headroom(vram, info, device, compute_dtype)
+    return Placement(device, compute_dtype, save_dtype, headroom, reason, placement)
+
+
 def estimate_peak_gpu(info: ModelInfo, placement: str, compute_dtype: str, batch: int, seq: int, samples: int) -> int:
     """A rough upper estimate: resident weights + AWQ's cached parent outputs + one batch's activations."""
     per = TORCH_DTYPE_BYTES.get(compute_dtype, 2)
@@ -177,17 +200,35 @@ def estimate_peak_gpu(info: ModelInfo, placement: str, compute_dtype: str, batch
     return weights + cached_outputs + one_batch
 
 
-def make_plan(settings: Settings, *, require_output: bool = True, vram: VramReport | None = None) -> Plan:
-    """Resolve ``settings`` into a :class:`Plan`; raises a :class:`QwodelError` on any bad input."""
-    output = check_output(settings.output, settings.overwrite) if (require_output or settings.output) else None
+def make_plan(
+    settings: Settings,
+    *,
+    require_output: bool = True,
+    vram: VramReport | None = None,
+    model_info: ModelInfo | None = None,
+    raw_calibration: RawCalibration | None = None,
+) -> Plan:
+    """Resolve ``settings`` into a :class:`Plan`; raises a :class:`QwodelError` on any bad input.
+
+    ``vram``, ``model_info`` and ``raw_calibration`` may be passed in when already known (a
+    Session caches them); otherwise they are read here.
+    """
+    output, output_note = None, None
+    try:
+        output = check_output(settings.output, settings.overwrite) if (require_output or settings.output) else None
+    except OutputError as exc:
+        if require_output:
+            raise
+        # A plan only looks: report what run() would refuse instead of refusing to plan.
+        output, output_note = os.path.abspath(os.path.expanduser(settings.output)), exc.message
     token = resolve_token(settings.token)
-    info = inspect_model(settings.model, token, settings.trust_remote_code)
+    info = model_info or inspect_model(settings.model, token, settings.trust_remote_code)
     layout = plan_layout(info, settings.ignore, settings.group_size)
     vram = vram if vram is not None else probe()
-    device = _compute_device(settings, vram)
-    compute_dtype, save_dtype = _dtypes(settings, info, device)
-    headroom, headroom_reason, placement = _headroom(vram, info, device, compute_dtype)
-    raw = read_source(settings.calibration_dataset, settings.calibration_split, settings.text_column, token)
+    where = resolve_placement(settings, info, vram)
+    device, compute_dtype, save_dtype = where.device, where.compute_dtype, where.save_dtype
+    headroom, headroom_reason, placement = where.headroom_bytes, where.headroom_reason, where.placement
+    raw = raw_calibration or read_source(settings.calibration_dataset, settings.calibration_split, settings.text_column, token)
     if len(raw) == 0:
         from .errors import CalibrationDataError
 
@@ -210,6 +251,7 @@ def make_plan(settings: Settings, *, require_output: bool = True, vram: VramRepo
         settings=settings,
         token=token,
         output_path=output,
+        output_note=output_note,
         model=info,
         vram=vram,
         device=device,

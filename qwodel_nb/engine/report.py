@@ -37,6 +37,8 @@ def format_plan(plan: Plan) -> str:
         f"AWQ mappings {plan.layout.mappings.source}",
         f"output       {plan.output_path} (about {format_bytes(plan.est_output_bytes)}, from {format_bytes(m.weight_bytes)})",
     ]
+    if plan.output_note:
+        lines.append(f"warning      {plan.output_note}")
     if plan.est_peak_gpu_bytes is not None:
         lines.append(f"peak GPU     about {format_bytes(plan.est_peak_gpu_bytes)} (estimate)")
     if plan.token is not None:

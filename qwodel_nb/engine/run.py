@@ -7,19 +7,22 @@ the tokenizer, the recipe and a summary; move the folder into place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from .awq import build_recipe, run_oneshot
 from .calibration import CalibrationSet, tokenize
 from .errors import ModelNotFoundError, UnsupportedModelError
-from .output import SUMMARY_NAME, folder_bytes, staged_output, write_json
+from .output import STATS_NAME, SUMMARY_NAME, folder_bytes, staged_output, write_json
 from .plan import Plan
+from .progress import Emitter, Listener, PhaseFinished, PhaseStarted, RunFinished
 from .secrets import redact
+from .stats import Stats
 from .versions import library_versions
 
 
@@ -33,6 +36,7 @@ class RunResult:
     peak_gpu_bytes: int | None
     peak_rss_bytes: int
     summary: dict = field(repr=False)
+    stats: Stats = field(default_factory=Stats, repr=False)
 
     @property
     def compression_ratio(self) -> float:
@@ -96,22 +100,26 @@ def _peak_rss_bytes() -> int:
     return rss if platform.system() == "Darwin" else rss * 1024
 
 
-def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: CalibrationSet, awq_cls: type | None = None) -> None:
-    """AWQ + W4A16 on ``model`` in place, then cast to the dtype it will be saved in."""
+def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: CalibrationSet, emitter: Emitter | None = None) -> Stats:
+    """AWQ + W4A16 on ``model`` in place, then cast to the dtype it will be saved in; returns the statistics."""
     import torch
+
+    from .awq_capture import AWQModifier
 
     recipe = build_recipe(
         group_size=plan.layout.group_size,
         symmetric=plan.settings.symmetric,
         ignore=plan.layout.ignore,
-        awq_cls=awq_cls,
+        awq_cls=AWQModifier,
     )
+    capture = recipe[0].observe(emitter, plan.model.num_layers)
     run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
     if plan.save_dtype != plan.compute_dtype:
         model.to(getattr(torch, plan.save_dtype))
+    return Stats(capture.records)
 
 
-def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float) -> tuple[str, int]:
+def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float, stats: Stats) -> tuple[str, int]:
     """Write the compressed model into a staged folder and move it into place; returns (path, weight bytes).
 
     The summary is the last file written into the staged folder, with the save and total times
@@ -122,6 +130,7 @@ def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: 
     with staged_output(plan.output_path, plan.settings.overwrite) as tmp:
         model.save_pretrained(tmp, save_compressed=True)
         tokenizer.save_pretrained(tmp)
+        stats.to_json(os.path.join(tmp, STATS_NAME))
         size_after = folder_bytes(tmp, ".safetensors")
         before = summary["sizes"]["before_bytes"]
         summary["sizes"]["after_bytes"] = size_after
@@ -132,27 +141,36 @@ def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: 
     return plan.output_path, size_after
 
 
-def execute(plan: Plan, awq_cls: type | None = None) -> RunResult:
-    """Run ``plan`` to a finished output folder."""
+@contextlib.contextmanager
+def _phase(emitter: Emitter, timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    emitter.emit(PhaseStarted, phase=name)
+    yield
+    timings[f"{name}_s"] = time.perf_counter() - t
+    emitter.emit(PhaseFinished, phase=name, duration_s=timings[f"{name}_s"])
+
+
+def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) -> RunResult:
+    """Run ``plan`` to a finished output folder, sending progress events to ``listeners``.
+
+    ``cancel`` (a ``threading.Event``) stops the run at the next event once set, raising
+    :class:`~qwodel_nb.engine.errors.RunCancelled`; nothing is left in the output's place.
+    """
     import torch
 
+    emitter = Emitter(listeners, cancel)
     timings: dict[str, float] = {}
-    started = time.perf_counter()
+    started = emitter.started
     if plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    t = time.perf_counter()
-    tokenizer = load_tokenizer(plan)
-    calibration = prepare_calibration(plan, tokenizer)
-    timings["calibration_data_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    model = load_model(plan)
-    timings["load_model_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    quantize_model(plan, model, tokenizer, calibration, awq_cls)
-    timings["awq_s"] = time.perf_counter() - t
+    with _phase(emitter, timings, "calibration_data"):
+        tokenizer = load_tokenizer(plan)
+        calibration = prepare_calibration(plan, tokenizer)
+    with _phase(emitter, timings, "load_model"):
+        model = load_model(plan)
+    with _phase(emitter, timings, "awq"):
+        stats = quantize_model(plan, model, tokenizer, calibration, emitter)
 
     peak_gpu = torch.cuda.max_memory_allocated() if plan.device == "cuda" else None
     summary = {
@@ -163,16 +181,20 @@ def execute(plan: Plan, awq_cls: type | None = None) -> RunResult:
         "settings": plan.settings.public_dict(),
         "plan": plan.as_dict(),
         "calibration": calibration.summary(),
+        "awq": stats.overview(),
         "timings": timings,
         "sizes": {"before_bytes": plan.model.weight_bytes},
         "peak_gpu_bytes": peak_gpu,
         "versions": library_versions(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path, size_after = save_output(plan, model, tokenizer, summary, started)
+    emitter.emit(PhaseStarted, phase="save")
+    path, size_after = save_output(plan, model, tokenizer, summary, started, stats)
+    emitter.emit(PhaseFinished, phase="save", duration_s=timings["save_s"])
     del model
     if plan.device == "cuda":
         torch.cuda.empty_cache()
+    emitter.emit(RunFinished, output_path=path)
     return RunResult(
         output_path=path,
         timings=timings,
@@ -182,4 +204,5 @@ def execute(plan: Plan, awq_cls: type | None = None) -> RunResult:
         peak_gpu_bytes=peak_gpu,
         peak_rss_bytes=_peak_rss_bytes(),
         summary=summary,
+        stats=stats,
     )

@@ -1,0 +1,132 @@
+"""Progress of a run as a stream of typed events.
+
+The engine emits events to listeners (plain callables taking one event); the console, the magic
+and the panel each render them their own way. Events are small frozen dataclasses; every event
+carries ``elapsed_s`` since the run started, and the fine-grained ones an ETA where one can be
+estimated from the work done so far.
+
+Order within a run: ``PhaseStarted("calibration_data")``, ``PhaseStarted("load_model")``... then
+``PhaseStarted("awq")``, for each decoder layer ``LayerStarted`` -> for each of its mappings
+``MappingStarted`` -> ``GridPoint`` x G -> ``MappingFinished`` -> ``LayerFinished``, then
+``PhaseFinished("awq")``, ``PhaseStarted("save")``..., and finally ``RunFinished``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .errors import RunCancelled
+
+PHASES = ("calibration_data", "load_model", "awq", "save")
+
+
+@dataclass(frozen=True)
+class Event:
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class PhaseStarted(Event):
+    phase: str
+
+
+@dataclass(frozen=True)
+class PhaseFinished(Event):
+    phase: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class LayerStarted(Event):
+    layer: int  # 0-based
+    num_layers: int
+    num_mappings: int
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LayerFinished(Event):
+    layer: int
+    num_layers: int
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class MappingStarted(Event):
+    layer: int
+    num_layers: int
+    mapping: int  # 0-based within the layer
+    num_mappings: int
+    smooth_layer: str
+    balance_layers: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class GridPoint(Event):
+    layer: int
+    num_layers: int
+    mapping: int
+    num_mappings: int
+    point: int  # 0-based
+    num_points: int
+    ratio: float
+    loss: float
+    best_loss: float
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class MappingFinished(Event):
+    layer: int
+    mapping: int
+    num_mappings: int
+    smooth_layer: str
+    best_ratio: float
+    best_loss: float
+    rtn_loss: float
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    output_path: str
+
+
+Listener = Callable[[Event], None]
+
+
+class Emitter:
+    """Sends events to listeners, stamping elapsed time; a failing listener never stops the run.
+
+    ``cancel`` (a ``threading.Event`` or anything with ``is_set()``) is checked at every event:
+    once set, the next event raises :class:`RunCancelled` inside the run, at the latest one grid
+    point after the request.
+    """
+
+    def __init__(self, listeners: Iterable[Listener] = (), cancel: Any = None):
+        self.listeners = list(listeners)
+        self.cancel = cancel
+        self.started = time.perf_counter()
+        self.errors: list[BaseException] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def emit(self, cls: type[Event], **fields) -> Event:
+        if self.cancel is not None and self.cancel.is_set():
+            raise RunCancelled("The run was cancelled; nothing was written.")
+        event = cls(elapsed_s=self.elapsed(), **fields)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception as exc:  # a renderer bug must not cost the user an hour of AWQ
+                self.errors.append(exc)
+        return event
+
+
+def eta(elapsed_s: float, done: float, total: float) -> float | None:
+    """Seconds left if the remaining work goes at the average pace so far."""
+    if done <= 0 or total <= done:
+        return 0.0 if total and done >= total else None
+    return elapsed_s * (total - done) / done
