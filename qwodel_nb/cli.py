@@ -111,11 +111,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     plan = make_plan(settings)
     print(format_plan(plan), flush=True)
     bar = ProgressBar(plan.model.num_layers)
+    finished = False
     try:
         with library_bars_silenced():
             result = execute(plan, [bar])
+        finished = True
     finally:
-        bar.close(ok="result" in locals())
+        bar.close(ok=finished)
     print()
     print(format_result(result))
     print("\nServe it with vLLM:\n" + vllm_snippet(result.output_path))

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Sequence
 
 from .display import CalibrationPreview, PlanView, ResultView, VramView
 from .engine.calibration import CalibrationSet, RawCalibration, read_source
 from .engine.errors import CalibrationDataError, CancelledError, QwodelError, RunCancelled, StateError
-from .engine.logs import library_bars_silenced
+from .engine.logs import library_bars_silenced, route_library_logs
 from .engine.model_info import ModelInfo, inspect_model
 from .engine.plan import Plan, make_plan, resolve_placement
 from .engine.progress import Listener
@@ -32,30 +33,19 @@ from .engine.report import vllm_snippet
 from .engine.run import RunResult, execute, load_tokenizer, prepare_calibration
 from .engine.secrets import resolve_token
 from .engine.settings import Settings, make_settings
-from .engine.stats import Stats
 from .engine.vram import probe
 
 STATES = ("configured", "planned", "running", "done", "failed", "cancelled")
 
 
 @dataclass
-class SessionResult:
-    """What a finished run produced; ``stats`` holds one record per AWQ mapping."""
+class SessionResult(RunResult):
+    """A finished run (:class:`RunResult`: output, timings, sizes, peak memory, ``stats`` with one
+    record per AWQ mapping), plus the evaluation when one was made."""
 
-    output_path: str
-    timings: dict[str, float]
-    peak_gpu_bytes: int | None
-    peak_rss_bytes: int
-    size_before_bytes: int
-    size_after_bytes: int
-    calibration: dict
-    stats: Stats = field(repr=False)
     perplexity: dict[str, float] | None = None
     layer_errors: list[float] | None = field(default=None, repr=False)
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.size_before_bytes / self.size_after_bytes if self.size_after_bytes else float("nan")
+    evaluation_error: str | None = None
 
     @property
     def vllm_snippet(self) -> str:
@@ -63,16 +53,7 @@ class SessionResult:
 
     @classmethod
     def from_run(cls, run: RunResult) -> "SessionResult":
-        return cls(
-            output_path=run.output_path,
-            timings=dict(run.timings),
-            peak_gpu_bytes=run.peak_gpu_bytes,
-            peak_rss_bytes=run.peak_rss_bytes,
-            size_before_bytes=run.size_before_bytes,
-            size_after_bytes=run.size_after_bytes,
-            calibration=dict(run.calibration),
-            stats=run.stats,
-        )
+        return cls(**{f.name: getattr(run, f.name) for f in fields(RunResult)})
 
     def _repr_html_(self) -> str:
         return ResultView(self)._repr_html_()
@@ -83,6 +64,9 @@ class SessionResult:
 
 class Session:
     """One model's quantization: configure, look before you pay, run, read the results."""
+
+    #: level of llm-compressor's own log lines, which go to standard error during a run
+    library_log_level = "WARNING"
 
     def __init__(self, model: str | None = None, output: str | None = None, **options: Any):
         self._lock = threading.RLock()
@@ -201,19 +185,20 @@ class Session:
             self.error = None
         listeners: list[Listener] = list(callbacks or [])
         bar = None
+        route_library_logs(self.library_log_level)
         try:
             plan = make_plan(self._settings, model_info=self._info(), raw_calibration=self._raw_calibration())
             self._plan = plan
+            heldout = self._heldout(plan, eval_text) if evaluate else None  # fail before the run, not after
             if progress:
                 from .progress_bar import ProgressBar
 
                 bar = ProgressBar(plan.model.num_layers)
                 listeners.append(bar)
             with library_bars_silenced() if progress else contextlib.nullcontext():
-                run = execute(plan, listeners, cancel=self._cancel)
-                result = SessionResult.from_run(run)
-                if evaluate:
-                    self._evaluate_into(result, plan, eval_text)
+                result = SessionResult.from_run(execute(plan, listeners, cancel=self._cancel))
+                if heldout is not None:
+                    self._evaluate_after_run(result, plan, heldout)
         except (KeyboardInterrupt, RunCancelled) as exc:
             self._finish("cancelled", exc, bar)
             if isinstance(exc, KeyboardInterrupt):
@@ -225,6 +210,14 @@ class Session:
         self.result = result
         self._finish("done", None, bar)
         return result
+
+    def _evaluate_after_run(self, result: SessionResult, plan: Plan, texts: list[str]) -> None:
+        """Evaluate a finished run; a failure here is reported, and the finished output stays valid."""
+        try:
+            self._evaluate_into(result, plan, texts)
+        except Exception as exc:  # noqa: BLE001 - the quantized model is written; do not lose it
+            result.evaluation_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"The run finished, but evaluating it failed: {result.evaluation_error}", stacklevel=3)
 
     def _finish(self, state: str, error: BaseException | None, bar: Any) -> None:
         if bar is not None:

@@ -116,3 +116,31 @@ def test_demo_runs_offline(tmp_path):
     assert set(values) == {"original", "round-to-nearest", "AWQ W4A16"}, out
     assert all(v < 1.5 * values["original"] for v in values.values())
     assert (tmp_path / "demo" / "demo-llama-awq-int4" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_leaves_nothing(signame, tiny_llama, tmp_path, calibration_file):
+    """Ctrl-C or SIGTERM during AWQ: exit code 130, one line, no output folder and no staging folder."""
+    import signal
+    import time
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        QWODEL + ["quantize", tiny_llama, "--output", str(tmp_path / "out"), "--calibration-dataset", calibration_file,
+                  "--num-samples", "16", "--seq-len", "64"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    seen = ""
+    deadline = time.time() + 300
+    while "grid" not in seen and time.time() < deadline:  # the progress bar is inside the AWQ search
+        chunk = proc.stderr.read(64)
+        if not chunk:
+            break
+        seen += chunk
+    assert "grid" in seen, seen[-2000:]
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "qwodel: interrupted; no output folder was written." in err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["calibration.txt"]

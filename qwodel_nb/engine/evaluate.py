@@ -47,6 +47,8 @@ def layer_output_errors(reference: Any, quantized: Any, tokenizer: Any, texts: S
     """
     import torch
 
+    from .model_info import decoder_layers
+
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -57,7 +59,7 @@ def layer_output_errors(reference: Any, quantized: Any, tokenizer: Any, texts: S
     batch = torch.tensor([ids[:seq_len]])
 
     def capture(model) -> list[torch.Tensor]:
-        layers = _decoder_layers(model)
+        _, layers = decoder_layers(model)
         outputs: list[torch.Tensor] = []
         hooks = [
             layer.register_forward_hook(lambda _m, _a, out: outputs.append((out[0] if isinstance(out, tuple) else out).float().cpu()))
@@ -75,12 +77,3 @@ def layer_output_errors(reference: Any, quantized: Any, tokenizer: Any, texts: S
     got = capture(quantized)
     return [float((g - r).norm() / r.norm().clamp_min(1e-12)) for r, g in zip(ref, got)]
 
-
-def _decoder_layers(model: Any) -> list:
-    import torch
-
-    best: list = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
-            best = list(module)
-    return best

@@ -17,16 +17,21 @@ from typing import Iterator
 _NOISE = ("No accelerator available",)
 
 
+_handler: list[int] = []  # the id of the handler added below, so that a second call replaces it
+
+
 def route_library_logs(level: str = "WARNING") -> None:
+    """Send llm-compressor's log records to standard error at ``level``; safe to call repeatedly."""
     from llmcompressor.logger import LoggerConfig, configure_logger
     from loguru import logger
 
-    configure_logger(LoggerConfig(console_log_level=None))  # removes its stdout handler
+    configure_logger(LoggerConfig(console_log_level=None))  # removes every handler, its stdout one too
+    _handler.clear()
 
     def _keep(record) -> bool:
         return not any(text in record["message"] for text in _NOISE)
 
-    logger.add(sys.stderr, level=level.upper(), format="llm-compressor {level}: {message}", filter=_keep)
+    _handler.append(logger.add(sys.stderr, level=level.upper(), format="llm-compressor {level}: {message}", filter=_keep))
 
 
 @contextlib.contextmanager

@@ -189,12 +189,12 @@ def _tensor_bytes(dtype: str, shape: list[int]) -> int:
     return n * DTYPE_BYTES.get(dtype, 2)
 
 
-def _decoder_layers(meta_model) -> tuple[str, list]:
+def decoder_layers(model) -> tuple[str, list]:
     """The name prefix and modules of the repeated decoder layers (the largest ModuleList)."""
     import torch
 
     best_name, best = "", []
-    for name, module in meta_model.named_modules():
+    for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
             best_name, best = name, list(module)
     return best_name, best
@@ -233,7 +233,7 @@ def inspect_model(source: str, token: Secret | None = None, trust_remote_code: b
         weight_bytes = param_count * TORCH_DTYPE_BYTES.get(dtype, 2)
         bytes_source = "parameter count x dtype"
 
-    prefix, layers = _decoder_layers(meta)
+    prefix, layers = decoder_layers(meta)
     per_param = TORCH_DTYPE_BYTES.get(dtype, 2)
     largest = max((sum(p.numel() for p in layer.parameters()) * per_param for layer in layers), default=0)
 
