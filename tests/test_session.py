@@ -276,3 +276,16 @@ def test_evaluate_without_heldout_text_fails_before_running(tiny_llama, tmp_path
     with pytest.raises(CalibrationDataError, match="No held-out text"):
         s.run(callbacks=[events.append], evaluate=True, progress=False)
     assert events == [] and not (tmp_path / "out").exists() and s.state == "failed"
+
+
+def test_saved_recipe_loads_in_plain_llmcompressor(finished):
+    """The statistics subclass keeps the name AWQModifier: the recipe resolves to llm-compressor's own classes."""
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from llmcompressor.recipe import Recipe
+
+    _, _, out = finished
+    text = open(os.path.join(out, "recipe.yaml")).read()
+    assert "qwodel" not in text.lower()
+    recipe = Recipe.create_instance(os.path.join(out, "recipe.yaml"))
+    assert [type(m) for m in recipe.modifiers] == [AWQModifier, QuantizationModifier]
