@@ -167,7 +167,8 @@ class CalibrationPreview:
         return (f"{s['samples']} samples from {s['source']}: {s['tokens']} tokens "
                 f"(min {s['min_tokens']}, median {s['median_tokens']}, max {s['max_tokens']}; "
                 f"{s['truncated']} truncated to {s['seq_len']}), {s['batches']} batches of up to {s['batch_size']}, "
-                f"{s['dropped_by_batching']} tokens dropped by batching")
+                f"{s['dropped_by_batching']} tokens dropped by batching"
+                + (f"; batch size {s['batch_note']}" if s.get("batch_note") else ""))
 
     def __str__(self) -> str:
         lines = [self._summary_line()]
@@ -228,7 +229,9 @@ class ResultView:
                      f"({r.compression_ratio:.2f}x smaller)"),
             ("peak GPU memory", format_bytes(r.peak_gpu_bytes) if r.peak_gpu_bytes is not None else "no GPU"),
             ("peak RAM", format_bytes(r.peak_rss_bytes)),
-            ("calibration", f"{r.calibration['samples']} samples, {r.calibration['tokens_used']} tokens"),
+            ("calibration", f"{r.calibration['samples']} samples, {r.calibration['tokens_used']} tokens in "
+                            f"{r.calibration['batches']} batches of up to {r.calibration['batch_size']}"
+                            + (f" (batch size {r.calibration['batch_note']})" if r.calibration.get("batch_note") else "")),
             ("AWQ", repr(r.stats)),
         ]
         if r.perplexity:

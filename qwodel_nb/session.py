@@ -16,7 +16,6 @@ Settings can change in any state but ``running``; a change returns the session t
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import warnings
 from dataclasses import dataclass, field, fields
@@ -195,7 +194,7 @@ class Session:
 
                 bar = ProgressBar(plan.model.num_layers)
                 listeners.append(bar)
-            with library_bars_silenced() if progress else contextlib.nullcontext():
+            with library_bars_silenced():  # our events drive the progress; llm-compressor's own bars stay quiet
                 result = SessionResult.from_run(execute(plan, listeners, cancel=self._cancel))
                 if heldout is not None:
                     self._evaluate_after_run(result, plan, heldout)

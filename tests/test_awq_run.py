@@ -99,12 +99,15 @@ def test_width_not_divisible_by_128_falls_back(tiny_llama_odd, tmp_path, calibra
 
 def test_batch_size_reaches_calibration(tiny_llama, tmp_path, calibration_texts):
     """batch_size is really used: 8 samples in batches of 4 are 2 calibration batches."""
-    q = Quantizer(model_path=tiny_llama, output_dir=str(tmp_path / "out"), calibration_dataset=calibration_texts,
+    # Texts longer than seq_len: all samples have equal length, so batching cuts nothing.
+    long_texts = [" ".join(calibration_texts[i : i + 3]) for i in range(0, 36, 3)]
+    q = Quantizer(model_path=tiny_llama, output_dir=str(tmp_path / "out"), calibration_dataset=long_texts,
                   batch_size=2, seq_length=32, num_samples=6)
     # Per-run overrides at quantize() win over the constructor's values.
     q.quantize(batch_size=4, num_samples=8, seq_len=48)
     cal = q.last_result.calibration
     assert (cal["samples"], cal["batch_size"], cal["batches"], cal["seq_len"]) == (8, 4, 2, 48)
+    assert cal["dropped_by_batching"] == 0 and cal["tokens_used"] == 8 * 48
     plan = q.last_plan
     assert plan.calibration.batch_size.source == "you" and plan.calibration.num_samples.value == 8
 

@@ -425,7 +425,9 @@ def test_tokenize_takes_num_samples_and_keeps_short_texts_whole(tiny_tokenizer, 
     cal = tokenize(raw, tiny_tokenizer, seq_len=512, num_samples=10, batch_size=4, seed=0)
     assert isinstance(cal, CalibrationSet)
     assert cal.num_samples == 10
-    assert cal.batch_size == 4 and cal.seq_len == 512
+    assert cal.seq_len == 512
+    # 4 unless batching these unequal texts by 4 would cut over 5% of their tokens (then it says so)
+    assert cal.batch_size == 4 or (cal.batch_size < 4 and cal.batch_note.startswith("capped from 4"))
     assert cal.description == raw.description
     for sample in cal.samples:
         assert sample.text in calibration_texts
@@ -591,3 +593,21 @@ def test_dataloader_from_real_tokenization(tiny_tokenizer, calibration_texts):
         shortest = min(cal.samples[i].num_tokens for i in indices)
         assert tuple(batch["input_ids"].shape) == (4, shortest)
         assert batch["input_ids"].shape[1] <= 32
+
+
+def test_batch_size_capped_when_batching_would_cut_many_tokens(tiny_tokenizer):
+    """Samples of very unequal length are not batched into trimmed batches that lose most tokens."""
+    from qwodel_nb.engine.calibration import MAX_BATCH_LOSS, RawCalibration, tokenize
+
+    lengths = [3, 5, 100, 120, 150, 7, 9, 200, 30, 40, 60, 80, 90, 2, 4, 6]
+    raw = RawCalibration(["word " * n for n in lengths], "text", None, "unequal")
+    cal = tokenize(raw, tiny_tokenizer, seq_len=512, num_samples=16, batch_size=16)
+    assert cal.batch_size < 16
+    assert cal.dropped_tokens() <= MAX_BATCH_LOSS * cal.total_tokens
+    assert cal.dropped_tokens(cal.batch_size + 1) > MAX_BATCH_LOSS * cal.total_tokens  # the largest that keeps 95%
+    assert cal.batch_note.startswith("capped from 16 to ") and "of unequal length" in cal.batch_note
+    assert cal.summary()["batch_note"] == cal.batch_note
+
+    equal = tokenize(RawCalibration(["word " * 50] * 16, "text", None, "equal"), tiny_tokenizer,
+                     seq_len=512, num_samples=16, batch_size=16)
+    assert equal.batch_size == 16 and equal.batch_note == ""

@@ -58,6 +58,7 @@ class CalibrationSet:
     seq_len: int
     batch_size: int
     description: str
+    batch_note: str = ""  # why the batch size is smaller than asked, when it is
 
     @property
     def num_samples(self) -> int:
@@ -71,19 +72,23 @@ class CalibrationSet:
     def total_tokens(self) -> int:
         return sum(self.lengths)
 
-    def batches(self) -> list[list[int]]:
+    def batches(self, batch_size: int | None = None) -> list[list[int]]:
         """Sample indices per batch: longest first, so that each batch holds similar lengths."""
+        size = batch_size or self.batch_size
         order = sorted(range(len(self.samples)), key=lambda i: -self.samples[i].num_tokens)
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
-    @property
-    def batch_dropped_tokens(self) -> int:
-        """Tokens cut because a batch is trimmed to its shortest sample."""
+    def dropped_tokens(self, batch_size: int | None = None) -> int:
+        """Tokens cut because each batch is trimmed to its shortest sample."""
         dropped = 0
-        for batch in self.batches():
+        for batch in self.batches(batch_size):
             lengths = [self.samples[i].num_tokens for i in batch]
             dropped += sum(lengths) - min(lengths) * len(lengths)
         return dropped
+
+    @property
+    def batch_dropped_tokens(self) -> int:
+        return self.dropped_tokens()
 
     def summary(self) -> dict:
         lengths = sorted(self.lengths)
@@ -99,6 +104,7 @@ class CalibrationSet:
             "truncated": sum(s.truncated for s in self.samples),
             "seq_len": self.seq_len,
             "batch_size": self.batch_size,
+            "batch_note": self.batch_note,
             "batches": len(self.batches()),
             "dropped_by_batching": self.batch_dropped_tokens,
         }
@@ -359,4 +365,29 @@ def tokenize(
         samples.append(Sample(shown, tuple(ids), source_tokens, truncated))
     if not samples:
         raise CalibrationDataError(f"Calibration {raw.description} produced no tokens; give other data.")
-    return CalibrationSet(samples, seq_len, min(batch_size, len(samples)), raw.description)
+    calibration = CalibrationSet(samples, seq_len, min(batch_size, len(samples)), raw.description)
+    return limit_batch_loss(calibration)
+
+
+MAX_BATCH_LOSS = 0.05  # at most this share of the calibration tokens may be cut by batching
+
+
+def limit_batch_loss(calibration: CalibrationSet) -> CalibrationSet:
+    """Lower the batch size until trimming batches to their shortest sample cuts at most 5% of tokens.
+
+    Short and long samples (wikitext's headings beside its paragraphs) in one batch would
+    otherwise leave most tokens unused: 16 samples of 5 to 190 tokens calibrate on 80 tokens in
+    one batch. A smaller batch costs a little speed; lost tokens cost quality.
+    """
+    total = calibration.total_tokens
+    asked = calibration.batch_size
+    size = asked
+    while size > 1 and calibration.dropped_tokens(size) > MAX_BATCH_LOSS * total:
+        size -= 1
+    if size < asked:
+        calibration.batch_note = (
+            f"capped from {asked} to {size}: batches of {asked} samples of unequal length would cut "
+            f"{calibration.dropped_tokens(asked)} of {total} tokens (more than {MAX_BATCH_LOSS:.0%})"
+        )
+        calibration.batch_size = size
+    return calibration

@@ -51,7 +51,8 @@ def format_result(result: RunResult) -> str:
     cal = result.calibration
     lines = [
         f"output       {result.output_path}",
-        f"calibrated   {cal['samples']} samples, {cal['tokens_used']} tokens in {cal['batches']} batches of up to {cal['batch_size']}",
+        f"calibrated   {cal['samples']} samples, {cal['tokens_used']} tokens in {cal['batches']} batches of up to {cal['batch_size']}"
+        + (f" (batch size {cal['batch_note']})" if cal.get("batch_note") else ""),
         f"time         total {t['total_s']:.1f} s (AWQ {t['awq_s']:.1f} s, load {t['load_model_s']:.1f} s, save {t['save_s']:.1f} s)",
         f"size         {format_bytes(result.size_before_bytes)} -> {format_bytes(result.size_after_bytes)} "
         f"({result.compression_ratio:.2f}x smaller)",
