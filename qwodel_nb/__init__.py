@@ -1,7 +1,8 @@
 """qwodel-nb: 4-bit AWQ (W4A16) quantization of Hugging Face causal LMs for vLLM, notebook first.
 
 The engine (``qwodel_nb.engine``) runs llm-compressor 0.14; :class:`Quantizer` is the
-qwodel-compatible facade over it, and ``qwodel`` the command line.
+qwodel-compatible facade over it, and ``qwodel`` the command line. In notebooks,
+``%load_ext qwodel_nb`` adds the ``%%qwodel`` and ``%qwodel`` magics (:mod:`qwodel_nb.magics`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ from .quantizer import Quantizer
 from .session import Session
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(shell) -> None:
+    """``%load_ext qwodel_nb``: the ``%%qwodel`` and ``%qwodel`` magics (IPython is imported only here)."""
+    from .magics import load_ipython_extension as load
+
+    load(shell)
+
+
+def unload_ipython_extension(shell) -> None:
+    """``%unload_ext qwodel_nb``."""
+    from .magics import unload_ipython_extension as unload
+
+    unload(shell)
+
 
 __all__ = [
     "Quantizer",

@@ -441,7 +441,9 @@ def test_tokenize_more_samples_than_rows_takes_all(tiny_tokenizer):
     raw = read_source(["one text", "two texts", "three texts"])
     cal = tokenize(raw, tiny_tokenizer, seq_len=64, num_samples=100, batch_size=8)
     assert sorted(s.text for s in cal.samples) == ["one text", "three texts", "two texts"]
-    assert cal.batch_size == 3  # never more than the samples
+    assert cal.batch_size <= 3  # never more than the samples
+    same = tokenize(read_source(["word " * 9] * 3), tiny_tokenizer, seq_len=64, num_samples=100, batch_size=8)
+    assert same.batch_size == 3 and same.batch_note == ""
 
 
 def test_tokenize_seed_is_deterministic_and_matters(tiny_tokenizer, calibration_texts):
