@@ -10,7 +10,6 @@ the CPU).
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 from typing import Iterator
 
@@ -49,7 +48,11 @@ def library_bars_silenced() -> Iterator[None]:
     for name in ("llmcompressor.entrypoints.oneshot", "llmcompressor.pipelines.sequential.pipeline",
                  "llmcompressor.modifiers.transform.awq.base"):
         importlib.import_module(name)  # load them now, so that their bars are found below
-    quiet = functools.partial(_tqdm, disable=True)
+
+    def quiet(*args, **kwargs):  # forced, since some callers pass disable= themselves
+        kwargs["disable"] = True
+        return _tqdm(*args, **kwargs)
+
     hf_bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     swapped = []

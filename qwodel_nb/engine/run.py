@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -127,7 +128,10 @@ def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: 
     """
     assert plan.output_path is not None
     t = time.perf_counter()
-    with staged_output(plan.output_path, plan.settings.overwrite) as tmp:
+    with staged_output(plan.output_path, plan.settings.overwrite) as tmp, warnings.catch_warnings():
+        # transformers warns about "offloaded modules" for every model llm-compressor dispatched;
+        # the weights are on the CPU or GPU already and the warning asks nothing of the user.
+        warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
         model.save_pretrained(tmp, save_compressed=True)
         tokenizer.save_pretrained(tmp)
         stats.to_json(os.path.join(tmp, STATS_NAME))
