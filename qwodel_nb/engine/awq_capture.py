@@ -144,7 +144,8 @@ class AWQModifier(_StockAWQModifier):
         loss = super()._compute_loss(fp16_outputs, int_w_outputs)
         self._qw_losses.append(loss)
         self._qw_best = min(self._qw_best, loss)
-        num_points = len(self._get_grid_search_params())
+        grid = self._get_grid_search_params()
+        num_points = len(grid)
         point = len(self._qw_losses) - 1
         per_layer = max(self._qw_num_mappings, 1)
         fraction = (self._qw_mapping + (point + 1) / num_points) / per_layer
@@ -156,7 +157,7 @@ class AWQModifier(_StockAWQModifier):
             num_mappings=self._qw_num_mappings,
             point=point,
             num_points=num_points,
-            ratio=float(self._get_grid_search_params()[point][0]),
+            ratio=float(grid[point][0]),
             loss=float(loss),
             best_loss=float(self._qw_best),
             eta_s=self._layers_eta(fraction),

@@ -177,6 +177,7 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
         stats = quantize_model(plan, model, tokenizer, calibration, emitter)
 
     peak_gpu = torch.cuda.max_memory_allocated() if plan.device == "cuda" else None
+    calibration_summary = calibration.summary()
     summary = {
         "tool": "qwodel-nb",
         "backend": "awq",
@@ -184,7 +185,7 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
         "scheme": "W4A16" if plan.settings.symmetric else "W4A16_ASYM",
         "settings": plan.settings.public_dict(),
         "plan": plan.as_dict(),
-        "calibration": calibration.summary(),
+        "calibration": calibration_summary,
         "awq": stats.overview(),
         "timings": timings,
         "sizes": {"before_bytes": plan.model.weight_bytes},
@@ -202,7 +203,7 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
     return RunResult(
         output_path=path,
         timings=timings,
-        calibration=calibration.summary(),
+        calibration=calibration_summary,
         size_before_bytes=plan.model.weight_bytes,
         size_after_bytes=size_after,
         peak_gpu_bytes=peak_gpu,
