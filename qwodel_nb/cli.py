@@ -46,6 +46,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration shuffle")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--awq-search", default="fast", choices=("fast", "stock"),
+                   help="AWQ scale search: fast (default; the same choices as llm-compressor's, "
+                        "several times faster) or stock (llm-compressor's own loop)")
+    p.add_argument("--clip", default="search", choices=("search", "observer", "none"),
+                   help="weight clipping after smoothing: search (default; per-group ranges chosen "
+                        "by output error), observer (llm-compressor's MSE observer) or none")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (only for repositories you trust)")
 
@@ -88,6 +94,8 @@ def _settings_from(args: argparse.Namespace, *, need_output: bool) -> Any:
         "seed": args.seed,
         "overwrite": args.overwrite,
         "trust_remote_code": args.trust_remote_code,
+        "awq_search": args.awq_search,
+        "clip": args.clip,
     }
     if args.calibration_dataset is not None:
         options["calibration_dataset"] = args.calibration_dataset

@@ -124,7 +124,7 @@ class PlanView:
             ("architecture", f"{m.class_name} ({m.model_type})"),
             ("parameters", f"{m.param_count / 1e6:,.1f} M in {m.num_layers} layers, stored as {m.dtype}"),
             ("weights", f"{format_bytes(m.weight_bytes)} ({m.weight_bytes_source})"),
-            ("AWQ mappings", p.layout.mappings.source),
+            ("AWQ mappings", f"{p.layout.mappings.source}; scale search: {p.settings.awq_search}; clip: {p.settings.clip}"),
         ]
         run_rows = [
             ("device", f"{p.device}: {p.placement}; compute {p.compute_dtype}, save {p.save_dtype}"),

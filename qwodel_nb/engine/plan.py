@@ -88,6 +88,8 @@ class Plan:
             "group_size": self.layout.group_size,
             "group_size_reason": self.layout.group_size_reason,
             "symmetric": self.settings.symmetric,
+            "awq_search": self.settings.awq_search,
+            "clip": self.settings.clip,
             "ignore": list(self.layout.ignore),
             "ignore_source": self.layout.ignore_source,
             "quantized_layers": len(self.layout.quantized),

@@ -34,7 +34,7 @@ def format_plan(plan: Plan) -> str:
         f"{plan.layout.group_size} ({plan.layout.group_size_reason})",
         f"layers       {len(plan.layout.quantized)} quantized; kept in 16 bits: {', '.join(plan.layout.skipped) or 'none'}",
         f"ignore       {', '.join(plan.layout.ignore)} ({plan.layout.ignore_source})",
-        f"AWQ mappings {plan.layout.mappings.source}",
+        f"AWQ mappings {plan.layout.mappings.source}; scale search: {plan.settings.awq_search}; clip: {plan.settings.clip}",
         f"output       {plan.output_path} (about {format_bytes(plan.est_output_bytes)}, from {format_bytes(m.weight_bytes)})",
     ]
     if plan.output_note:

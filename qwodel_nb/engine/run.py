@@ -112,12 +112,13 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
         symmetric=plan.settings.symmetric,
         ignore=plan.layout.ignore,
         awq_cls=AWQModifier,
+        clip=plan.settings.clip,
     )
-    capture = recipe[0].observe(emitter, plan.model.num_layers)
+    capture = recipe[0].observe(emitter, plan.model.num_layers, search=plan.settings.awq_search, clip=plan.settings.clip)
     run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
     if plan.save_dtype != plan.compute_dtype:
         model.to(getattr(torch, plan.save_dtype))
-    return Stats(capture.records)
+    return Stats(capture.records, search=capture.search_summary, clips=capture.clips)
 
 
 def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float, stats: Stats) -> tuple[str, int]:

@@ -21,6 +21,8 @@ SUPPORTED_BACKENDS = ("awq",)
 SUPPORTED_FORMATS = ("int4",)
 SUPPORTED_GROUP_SIZES = (128, 64, 32)
 SUPPORTED_DTYPES = ("auto", "bfloat16", "float16", "float32")
+AWQ_SEARCHES = ("fast", "stock")  # qwodel's scale search, or llm-compressor's own loop
+CLIP_MODES = ("search", "observer", "none")  # weight clipping after smoothing; see engine/awq_clip.py
 DEFAULT_CALIBRATION = "wikitext:wikitext-2-raw-v1"
 
 # Accepted spellings -> canonical field name.
@@ -36,6 +38,7 @@ ALIASES = {
     "max_seq_length": "seq_len",
     "num_calibration_samples": "num_samples",
     "hf_token": "token",
+    "search": "awq_search",
 }
 
 
@@ -62,6 +65,8 @@ class Settings:
     dtype: str = "auto"
     overwrite: bool = False
     seed: int = 0
+    awq_search: str = "fast"
+    clip: str = "search"
 
     def replace(self, **changes: Any) -> "Settings":
         """A new validated Settings with ``changes`` applied (aliases accepted)."""
@@ -250,6 +255,20 @@ def make_settings(**options: Any) -> Settings:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SettingsError(f"'seed' must be a whole number, not {seed!r}.")
 
+    awq_search = _text("awq_search", opts.get("awq_search", "fast")).lower()
+    if awq_search not in AWQ_SEARCHES:
+        raise SettingsError(
+            f"awq_search {awq_search!r} is not known; use 'fast' (the default: same choices, much faster) "
+            "or 'stock' (llm-compressor's own grid search loop)."
+        )
+
+    clip = _text("clip", opts.get("clip", "search")).lower()
+    if clip not in CLIP_MODES:
+        raise SettingsError(
+            f"clip {clip!r} is not known; use 'search' (the default: output-aware clipping search), "
+            "'observer' (llm-compressor's MSE weight observer) or 'none'."
+        )
+
     return Settings(
         model=_text("model", opts["model"]),
         output=_text("output", opts.get("output"), allow_none=True),
@@ -270,4 +289,6 @@ def make_settings(**options: Any) -> Settings:
         dtype=dtype,
         overwrite=_bool("overwrite", opts.get("overwrite", False)),
         seed=seed,
+        awq_search=awq_search,
+        clip=clip,
     )
