@@ -56,7 +56,8 @@ HELP = f"""\
       --yes       confirm replacing a non-empty output folder (same as overwrite: true)
 
 %qwodel vram | plan | preview [n] | run [--yes] [--evaluate] [--no-plot] | plot [kind] | stats | status | panel | help
-    act on the current session (the last %%qwodel cell's).
+    act on the current session (the last %%qwodel cell's); panel opens the widget panel over it
+    (with no current session, an empty panel whose session becomes the current one).
 
 %config QwodelMagics.autoplot = True      show the statistics overview after a run
 %config QwodelMagics.autopreview = True   show a calibration preview before a run
@@ -120,6 +121,7 @@ class QwodelMagics(Magics, Configurable):
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         self.session = None
+        self.last_panel = None  # the panel %qwodel panel opened last
         self._extras: dict[str, Any] = {}
 
     # -- showing things --------------------------------------------------------------------------
@@ -275,6 +277,7 @@ class QwodelMagics(Magics, Configurable):
         from .widgets import open_panel
 
         panel = open_panel(self.session)
+        self.last_panel = panel
         if self.session is None:
             panel.form.on_change(lambda name: self._adopt(panel))
         display(panel)

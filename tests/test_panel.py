@@ -565,3 +565,109 @@ def test_entry_points_and_display(tiny_llama, calibration_texts, tmp_path):
     bundle = cap.outputs[0].data
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == from_session.widget.model_id
+
+
+# -- Colab's path in a real kernel -----------------------------------------------------------------------
+
+
+class KernelFrontend:
+    """A real ipykernel driven the way a notebook page drives it: cells, widget state, button clicks."""
+
+    def __init__(self, tmp_path):
+        from jupyter_client import KernelManager
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                   JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), OMP_NUM_THREADS="1")
+        self.manager = KernelManager(kernel_cmd=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+        self.manager.start_kernel(env=env)
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=120)
+        self.widgets: dict[str, dict] = {}
+        self.messages: list[dict] = []
+
+    def close(self):
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+    def _drain(self, timeout: float) -> list[dict]:
+        batch = []
+        while True:
+            try:
+                msg = self.client.get_iopub_msg(timeout=timeout)
+            except Exception:  # queue.Empty: nothing more for now
+                break
+            batch.append(msg)
+            content = msg["content"]
+            if msg["msg_type"] == "comm_open":
+                self.widgets[content["comm_id"]] = dict(content["data"].get("state", {}))
+            elif msg["msg_type"] == "comm_msg" and content["data"].get("method") == "update":
+                self.widgets.setdefault(content["comm_id"], {}).update(content["data"]["state"])
+        self.messages += batch
+        return batch
+
+    def wait(self, condition, timeout: float = 240) -> None:
+        end = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < end, "the kernel did not get there in time"
+            self._drain(0.05)
+
+    def idle(self, msg_id: str) -> bool:
+        return any(m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "status"
+                   and m["content"]["execution_state"] == "idle" for m in self.messages)
+
+    def execute(self, code: str, wait: bool = True) -> str:
+        msg_id = self.client.execute(code)
+        if wait:
+            self.wait(lambda: self.idle(msg_id))
+        return msg_id
+
+    def output(self, msg_id: str) -> str:
+        return "".join(m["content"].get("text", "") + "".join(m["content"].get("traceback", []))
+                       for m in self.messages if m["parent_header"].get("msg_id") == msg_id
+                       and m["msg_type"] in ("stream", "error"))
+
+    def find(self, model: str, description: str | None = None) -> str:
+        return next(cid for cid, state in self.widgets.items() if state.get("_model_name") == model
+                    and (description is None or state.get("description") == description))
+
+    def click(self, comm_id: str) -> str:
+        msg = self.client.session.msg("comm_msg", {"comm_id": comm_id,
+                                                   "data": {"method": "custom", "content": {"event": "click"}}})
+        self.client.session.send(self.client.shell_channel.socket, msg)
+        return msg["header"]["msg_id"]
+
+
+def test_foreground_run_in_a_real_kernel_takes_cancel_clicks_and_holds_cells(tiny_llama, tmp_path):
+    """Colab's mode end to end: the Run click's handler runs AWQ, the grid bar moves in the page,
+    a Cancel click gets through within the run, a cell started meanwhile runs after it, in order."""
+    pytest.importorskip("jupyter_client")
+    pytest.importorskip("ipykernel")
+    out = tmp_path / "out"
+    kernel = KernelFrontend(tmp_path)
+    try:
+        kernel.execute(
+            "from qwodel_nb import Session, panel\nfrom qwodel_nb.engine.demo import generate_text\n"
+            f"s = Session(model={tiny_llama!r}, output={str(out)!r}, calibration_dataset=generate_text(48, seed=11), "
+            "num_samples=8, seq_len=48, batch_size=2)\n"
+            "p = panel(s, run_mode='foreground')\ndisplay(p)\n")
+        run, cancel = kernel.find("ButtonModel", "Run AWQ"), kernel.find("ButtonModel", "Cancel")
+        grid = kernel.find("IntProgressModel")
+        run_click = kernel.click(run)
+        kernel.wait(lambda: kernel.widgets[grid].get("value", 0) > 0)  # live progress while the handler runs
+        assert kernel.widgets[cancel]["disabled"] is False
+        cell = kernel.execute("print('cell ran; state =', s.state)", wait=False)
+        kernel.click(cancel)
+        kernel.wait(lambda: kernel.idle(run_click) and kernel.idle(cell), timeout=120)
+        assert kernel.output(cell) == "cell ran; state = cancelled\n"  # held back until the run ended
+        check = kernel.execute(f"import os; print(s.state, os.path.exists({str(out)!r}), p.runner.poller.active)")
+        assert kernel.output(check) == "cancelled False True\n"
+
+        run_again = kernel.click(run)  # the session runs again, to the end
+        kernel.wait(lambda: kernel.idle(run_again))
+        assert kernel.widgets[grid]["value"] == kernel.widgets[grid]["max"] == 20
+        check = kernel.execute("print(s.state, len(p.results_tab.plot.value) > 0)")
+        assert kernel.output(check) == "done True\n"
+    finally:
+        kernel.close()
