@@ -105,10 +105,11 @@ def test_results_tab_holds_summary_plot_and_snippet(finished):
     panel, out, _ = finished
     tab = panel.results_tab
     assert panel.tabs.selected_index == 4 and panel.tabs.get_title(4) == "Results"
-    assert tab.widget.children[0] is tab.summary and len(tab.widget.children) == 6
+    assert tab.widget.children == (tab.summary, tab.plot_kind, tab.plot_message, tab.plot)
     assert "<b>Result</b>" in tab.summary.value and out in tab.summary.value
+    assert "Serve it with vLLM" in tab.summary.value and "from vllm import LLM" in tab.summary.value
+    assert f"llm = LLM(model={out!r})" in tab.summary.value.replace("&#x27;", "'")
     assert tab.plot.value[:8] == b"\x89PNG\r\n\x1a\n" and tab.plot.format == "png"
-    assert repr(out) in tab.snippet.value and "from vllm import LLM" in tab.snippet.value
     first = tab.plot.value
     tab.plot_kind.value = "ratios"
     assert tab.plot.value[:4] == b"\x89PNG" and tab.plot.value != first
@@ -127,7 +128,7 @@ def test_a_panel_over_a_finished_session_shows_its_results(finished):
     again = panel.session.panel(run_mode="thread")
     assert again.session is panel.session
     assert again.results_tab.widget.children[0] is again.results_tab.summary
-    assert again.results_tab.snippet.value == panel.results_tab.snippet.value
+    assert again.results_tab.summary.value == panel.results_tab.summary.value
 
 
 # -- cancel ---------------------------------------------------------------------------------------

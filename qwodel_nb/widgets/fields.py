@@ -271,7 +271,7 @@ class SettingsForm:
             for name, row in self.rows.items():
                 if name in values:
                     row.load(values[name])
-            if any(values.get(n) is not None for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite")):
+            if any(values.get(n) not in (None, False) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite")):
                 self.advanced.selected_index = 0
         finally:
             self._quiet = False

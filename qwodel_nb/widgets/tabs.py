@@ -80,17 +80,15 @@ class PreviewTab(RefreshTab):
 
 
 class ResultsTab:
-    """The result summary, the statistics plots and the vLLM snippet of the last finished run."""
+    """The result summary with the vLLM snippet (``s.result``'s own view) and the statistics plots."""
 
     def __init__(self):
         self.placeholder = w.HTML(_note("No finished run yet."))
         self.summary = w.HTML("")
         self.plot_kind = w.Dropdown(options=list(PLOT_KINDS), value="overview", description="plot",
                                     layout=w.Layout(width="380px"))
-        self.plot = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.plot = w.Image(format="png", layout=w.Layout(max_width="860px"))
         self.plot_message = w.HTML("")
-        self.snippet = w.Textarea(value="", rows=3, layout=w.Layout(width="100%"))
-        self.snippet_title = w.HTML("<b style='font-family:system-ui,sans-serif;font-size:13px'>Serve it with vLLM</b>")
         self.widget = w.VBox([self.placeholder])
         self._render: Callable[[str], Any] | None = None
         self.plot_kind.observe(lambda change: self._draw(change["new"]), "value")
@@ -99,8 +97,7 @@ class ResultsTab:
         """Fill the tab from a finished result; ``render(kind)`` returns a matplotlib Figure."""
         self._render = render
         self.summary.value = result._repr_html_()
-        self.snippet.value = result.vllm_snippet
-        self.widget.children = (self.summary, self.plot_kind, self.plot_message, self.plot, self.snippet_title, self.snippet)
+        self.widget.children = (self.summary, self.plot_kind, self.plot_message, self.plot)
         self._draw(self.plot_kind.value)
 
     def clear(self) -> None:
