@@ -312,6 +312,19 @@ def test_invalid_fields_show_the_engines_message_and_disable_run(tiny_llama, cal
     assert "\n" not in _message(panel, "output")
 
 
+def test_session_check_finds_local_problems_without_the_network(tiny_llama, calibration_texts, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    bad = Session(model=str(tmp_path / "nowhere"), output=str(full), calibration_dataset=str(tmp_path / "none.txt"))
+    problems = bad.check()
+    assert set(problems) == {"model", "calibration_dataset", "output"}
+    assert "does not exist" in problems["model"] and "not empty" in problems["output"]
+    hub = Session(model="someorg/somemodel", output=str(tmp_path / "out"))  # hub ids wait for the plan
+    assert hub.check() == {}
+    assert Session(model=tiny_llama, output=str(tmp_path / "out"), calibration_dataset=calibration_texts).check() == {}
+
+
 def test_a_fresh_panel_asks_for_a_model_then_makes_its_session(tiny_llama, calibration_texts, tmp_path):
     panel = qwodel_nb.panel(run_mode="thread")
     assert panel.session is None and panel.run_button.disabled

@@ -47,6 +47,8 @@ class Panel:
         given = canonical_options(options)
         self.session = session
         self._extra = {k: v for k, v in given.items() if k not in FORM_FIELDS}  # options the form does not edit
+        if session is not None and self._extra:
+            session.configure(**self._extra)
         self.valid = False
         self._last_options: dict[str, Any] | None = None
         self.listener: ProgressListener | None = None
@@ -279,11 +281,11 @@ class Panel:
         except Exception as exc:  # noqa: BLE001 - the run's own outcome is in self.runner.outcome
             self._say(f"The run ended ({outcome.state}) but showing it failed: {one_line(exc)}")
         finally:
-            self.form.set_enabled(True)
             try:
-                self.validate(force=True)
+                self.validate(force=True)  # before the fields open again: the output folder may be full now
             except Exception as exc:  # noqa: BLE001
                 self._say(one_line(exc))
+            self.form.set_enabled(True)
             self._sync_buttons()
 
 
