@@ -218,15 +218,17 @@ def test_panel_opens_over_the_current_session_or_makes_one(shell, ran, tiny_llam
     pytest.importorskip("ipywidgets")
     widget_view = "application/vnd.jupyter.widget-view+json"
     current = magics(shell).session
-    shown = run(shell, "%qwodel panel")
-    shown.assert_clean()
-    panel = magics(shell).last_panel
-    assert panel.session is current and current.state == "done"
-    assert shown.outputs[0][widget_view]["model_id"] == panel.widget.model_id
-    assert panel.results_tab.widget.children[0] is panel.results_tab.summary  # the finished run's results
-
-    magics(shell).session = None
+    finished = shell.user_ns["s"]  # the session of the real run
+    magics(shell).session = finished
     try:
+        shown = run(shell, "%qwodel panel")
+        shown.assert_clean()
+        panel = magics(shell).last_panel
+        assert panel.session is finished and finished.state == "done"
+        assert shown.outputs[0][widget_view]["model_id"] == panel.widget.model_id
+        assert panel.results_tab.widget.children[0] is panel.results_tab.summary  # the finished run's results
+
+        magics(shell).session = None
         shown = run(shell, "%qwodel panel")
         shown.assert_clean()
         empty = magics(shell).last_panel
