@@ -53,8 +53,3 @@ def label(text: str, width: str = LABEL_WIDTH) -> w.HTML:
     return w.HTML(f"<span style='font-family:system-ui,sans-serif;font-size:13px'>{html.escape(text)}</span>",
                   layout=w.Layout(width=width, min_width=width))
 
-
-def heading(text: str, note: str = "") -> w.HTML:
-    extra = f" <span style='color:{COLORS['muted']};font-weight:normal'>{html.escape(note)}</span>" if note else ""
-    return w.HTML(f"<div style='font-family:system-ui,sans-serif;font-size:14px;font-weight:bold;margin:4px 0'>"
-                  f"{html.escape(text)}{extra}</div>")

@@ -18,7 +18,7 @@ import ipywidgets as w
 
 from ..engine.secrets import Secret
 from ..engine.settings import DEFAULT_CALIBRATION, SUPPORTED_GROUP_SIZES, describe_calibration_source
-from .common import COLORS, FIELD_WIDTH, label, message_html, show
+from .common import COLORS, FIELD_WIDTH, LABEL_WIDTH, label, message_html, show
 
 #: the settings the form edits, in the order of their rows; other settings pass through unchanged
 FORM_FIELDS = ("model", "output", "calibration_dataset", "calibration_split", "num_samples", "seq_len",
@@ -35,7 +35,7 @@ class Row:
         self.message = w.HTML("")
         self.error = ""
         show(self.message, False)
-        indent = w.HTML("", layout=w.Layout(width="150px", min_width="150px"))
+        indent = w.HTML("", layout=w.Layout(width=LABEL_WIDTH, min_width=LABEL_WIDTH))
         self.widget = w.VBox([w.HBox([label(title), control, *extra]), w.HBox([indent, self.message])])
 
     def set_message(self, text: str) -> None:
