@@ -9,6 +9,7 @@ the widgets-7 environment provides one).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -685,3 +686,20 @@ def test_foreground_run_in_a_real_kernel_takes_cancel_clicks_and_holds_cells(tin
         assert kernel.output(check) == "done True\n"
     finally:
         kernel.close()
+
+
+def test_a_bug_while_checking_is_one_line_not_a_traceback(tiny_llama, calibration_texts, tmp_path, monkeypatch, capsys):
+    panel = _panel(tiny_llama, tmp_path / "out", calibration_texts)
+
+    def broken_check(**kwargs):
+        raise KeyError("weird config")
+
+    monkeypatch.setattr(panel.session, "check", broken_check)
+    _type(panel, "num_samples", "5")
+    assert panel.run_button.disabled and "could not be checked" in _message(panel, "model")
+    assert "KeyError: 'weird config'" in html.unescape(panel.message.value)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    monkeypatch.undo()
+    _type(panel, "num_samples", "6")
+    assert not panel.run_button.disabled and panel.message.value == ""
