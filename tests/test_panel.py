@@ -340,6 +340,23 @@ def test_a_fresh_panel_asks_for_a_model_then_makes_its_session(tiny_llama, calib
     assert not panel.run_button.disabled and not panel.vram_tab.refresh.disabled
 
 
+def test_a_session_s_advanced_settings_show_and_stay_as_they_are(tiny_llama, calibration_texts, tmp_path):
+    session = Session(model=tiny_llama, output=str(tmp_path / "out"), calibration_dataset=calibration_texts,
+                      ignore=["lm_head", "re:.*mlp\\.gate$"], group_size=64, symmetric=True, dtype="float32",
+                      calibration_split="validation")
+    before = session.settings
+    panel = qwodel_nb.panel(session, run_mode="thread", seed=3)  # seed: an option the form has no field for
+    assert panel.form.rows["ignore"].control.value == "lm_head, re:.*mlp\\.gate$"
+    assert panel.form.rows["group_size"].control.value == "64" and panel.form.rows["symmetric"].control.value
+    assert panel.form.advanced.selected_index == 0
+    assert session.settings == before.replace(seed=3) and session.settings.dtype == "float32"
+    assert panel.valid
+    _type(panel, "calibration_split", "")  # emptied: the default split again
+    assert session.settings.calibration_split == "train"
+    _type(panel, "ignore", "")
+    assert session.settings.ignore is None
+
+
 def test_unknown_options_and_run_modes_fail_clearly():
     with pytest.raises(SettingsError, match="Did you mean 'output'"):
         qwodel_nb.panel(ouptut="./x")

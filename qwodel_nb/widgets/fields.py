@@ -17,7 +17,7 @@ from typing import Any, Callable
 import ipywidgets as w
 
 from ..engine.secrets import Secret
-from ..engine.settings import DEFAULT_CALIBRATION, SUPPORTED_GROUP_SIZES, describe_calibration_source
+from ..engine.settings import DEFAULT_CALIBRATION, SUPPORTED_GROUP_SIZES, Settings, describe_calibration_source
 from .common import COLORS, FIELD_WIDTH, LABEL_WIDTH, label, message_html, show
 
 #: the settings the form edits, in the order of their rows; other settings pass through unchanged
@@ -59,6 +59,8 @@ class TextRow(Row):
         return text or None
 
     def load(self, value: Any) -> None:
+        if isinstance(value, (list, tuple)):  # the ignore list: names and patterns, comma separated
+            value = ", ".join(map(str, value))
         self.control.value = "" if value is None else str(value)
 
 
@@ -278,12 +280,9 @@ class SettingsForm:
 
     def options(self) -> dict[str, Any]:
         """Session options from the fields; a text field left empty means the engine's default."""
-        out: dict[str, Any] = {}
-        for name, row in self.rows.items():
-            value = row.value()
-            if value is None and name in ("calibration_dataset", "calibration_split", "symmetric", "overwrite"):
-                continue  # the engine's default: wikitext, "train", False
-            out[name] = value
+        out = {name: row.value() for name, row in self.rows.items()}
+        if out["calibration_split"] is None:  # None means the default for every other setting, not for this one
+            out["calibration_split"] = Settings.calibration_split
         return out
 
     def show_errors(self, errors: dict[str, str]) -> None:
