@@ -70,6 +70,8 @@ def finished(tiny_llama, calibration_texts, tmp_path_factory):
     out = tmp_path_factory.mktemp("panel") / "out"
     panel = _panel(tiny_llama, out, calibration_texts)
     assert not panel.run_button.disabled and panel.cancel_button.disabled
+    panel.status_lines = []  # every status line the page was sent during the run
+    panel.progress.status.observe(lambda change: panel.status_lines.append(html.unescape(change["new"])), "value")
     started = time.monotonic()
     panel.run_button.click()
     assert panel.runner.running or panel.session.state == "done"  # click returned while AWQ runs
@@ -85,6 +87,8 @@ def test_thread_run_reaches_100_percent(finished):
     assert panel.progress.grid.value == panel.progress.grid.max == 20
     assert panel.progress.layers.bar_style == "success"
     assert "done: elapsed" in panel.progress.status.value
+    assert any("AWQ: elapsed 0:" in line and ", ETA 0:" in line for line in panel.status_lines)
+    assert any(line.startswith("loading the model") or "loading the model" in line for line in panel.status_lines)
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
     assert "Done" in panel.message.value and out in panel.message.value
     assert panel.run_button.disabled  # the output is not empty now: a second run needs another folder
