@@ -7,7 +7,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qwodel-installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test install clean
+# The widget panel must work with ipywidgets 7.7.1 (Colab) as well as 8.x (the venv's). Its tests run
+# a second time against 7.7.1 installed into $(IW7) and put first on PYTHONPATH, together with what
+# 7.7.1 needs that the venv lacks or has in another major version: Colab's ipykernel 6 (ipywidgets 7
+# imports its Comm; it also lets a test drive a real kernel as Colab's page does) and its client
+# libraries. --no-deps keeps everything else (IPython, traitlets, torch...) the venv's own.
+IW7       ?= .iw7
+IW7_STAMP := $(IW7)/.qwodel-installed
+IW7_PKGS  := ipywidgets==7.7.1 widgetsnbextension==3.6.10 jupyterlab_widgets==1.1.11 ipython_genutils==0.2.0 \
+             ipykernel==6.17.1 jupyter_client==7.4.9 jupyter_core==5.9.1 tornado==6.6.1 pyzmq==27.3.0 \
+             nest_asyncio==1.6.0 entrypoints==0.4.2 platformdirs==4.14.8
+
+.PHONY: demo test test-widgets7 install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +31,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/qwodel demo
 
+$(IW7_STAMP): $(STAMP)
+	rm -rf $(IW7)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(IW7) $(IW7_PKGS)
+	touch $@
+
+# Every test under the venv's ipywidgets 8, then the panel's tests under ipywidgets 7.7.1.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-widgets7
+
+test-widgets7: $(IW7_STAMP)
+	PYTHONPATH=$(abspath $(IW7)) QWODEL_EXPECT_IPYWIDGETS=7.7.1 $(BIN)/python -m pytest tests/test_panel.py
 
 clean:
-	rm -rf $(VENV) qwodel-demo
+	rm -rf $(VENV) $(IW7) qwodel-demo

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from .engine.autoconfig import table_row
 from .engine.calibration import CalibrationSet
 from .engine.plan import Placement, Plan
 from .engine.report import format_plan, format_vram
@@ -46,6 +47,15 @@ class VramView:
     @property
     def headroom_bytes(self) -> int | None:
         return self.placement.headroom_bytes if self.placement else None
+
+    def table_row(self) -> tuple[str, tuple[int, int, int]] | None:
+        """The headroom table's row: (why, (batch_size, seq_len, num_samples)), before any cap.
+
+        None while the headroom is unknown (a GPU, but the model could not be read).
+        """
+        if self.placement is None:
+            return table_row(None) if not self.report.has_gpu else None
+        return table_row(self.placement.headroom_bytes)
 
     def __str__(self) -> str:
         lines = [format_vram(self.report)]

@@ -56,7 +56,8 @@ HELP = f"""\
       --yes       confirm replacing a non-empty output folder (same as overwrite: true)
 
 %qwodel vram | plan | preview [n] | run [--yes] [--evaluate] [--no-plot] | plot [kind] | stats | status | panel | help
-    act on the current session (the last %%qwodel cell's).
+    act on the current session (the last %%qwodel cell's); panel opens the widget panel over it
+    (with no current session, an empty panel whose session becomes the current one).
 
 %config QwodelMagics.autoplot = True      show the statistics overview after a run
 %config QwodelMagics.autopreview = True   show a calibration preview before a run
@@ -66,12 +67,6 @@ HELP = f"""\
 
 Hugging Face token: do not write it in a cell; set HF_TOKEN or run `huggingface-cli login`.
 """
-
-PANEL_NOTE = (
-    "The qwodel widget panel is not available yet in this version. Use the %%qwodel cell, or "
-    "%qwodel vram | plan | preview | run | plot | stats | status on the current session."
-)
-
 
 class Message:
     """A message block: HTML in notebooks, one plain line elsewhere (``text/plain`` fallback)."""
@@ -126,6 +121,7 @@ class QwodelMagics(Magics, Configurable):
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)
         self.session = None
+        self.last_panel = None  # the panel %qwodel panel opened last
         self._extras: dict[str, Any] = {}
 
     # -- showing things --------------------------------------------------------------------------
@@ -251,7 +247,7 @@ class QwodelMagics(Magics, Configurable):
                 print(HELP)
                 return None
             if cmd.command == "panel":
-                self._message(PANEL_NOTE, "note")
+                self._panel()
                 return None
             session = self._require_session()
             if cmd.command == "status":
@@ -274,6 +270,21 @@ class QwodelMagics(Magics, Configurable):
         except KeyboardInterrupt:
             self._message("Interrupted; the run stopped and no output was written. The session can run again.")
         return None
+
+    def _panel(self) -> None:
+        """The widget panel over the current session; with none yet, an empty panel whose session
+        becomes the current one once its form holds a valid model."""
+        from .widgets import open_panel
+
+        panel = open_panel(self.session)
+        self.last_panel = panel
+        if self.session is None:
+            panel.form.on_change(lambda name: self._adopt(panel))
+        display(panel)
+
+    def _adopt(self, panel) -> None:
+        if self.session is None and panel.session is not None:
+            self.session = panel.session
 
     @staticmethod
     def _stats(session):

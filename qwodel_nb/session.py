@@ -22,10 +22,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Sequence
 
 from .display import CalibrationPreview, PlanView, ResultView, VramView
-from .engine.calibration import CalibrationSet, RawCalibration, read_source
+from .engine.calibration import CalibrationSet, RawCalibration, is_local_source, read_source
 from .engine.errors import CalibrationDataError, CancelledError, QwodelError, RunCancelled, StateError
 from .engine.logs import library_bars_silenced, route_library_logs
-from .engine.model_info import ModelInfo, inspect_model
+from .engine.model_info import ModelInfo, inspect_model, is_local_model
+from .engine.output import check_output
 from .engine.plan import Plan, make_plan, resolve_placement
 from .engine.progress import Listener
 from .engine.report import vllm_snippet
@@ -118,6 +119,33 @@ class Session:
         return self._raw[1]
 
     # -- looking before paying -------------------------------------------------------------------
+
+    def check(self, *, network: bool = False) -> dict[str, str]:
+        """Problems with the model, the calibration data and the output, found without loading weights.
+
+        Returns ``{setting: one-line message}``, empty when nothing is wrong. It reads a local
+        model's config.json and module tree and a local calibration file (both cached, as for
+        plan()) and looks at the output folder. Hub models and hub datasets are checked only with
+        ``network=True``: the widget panel checks on every change and must not wait for the
+        network each time; plan() and run() check everything anyway.
+        """
+        s = self._settings
+        problems: dict[str, str] = {}
+        if network or is_local_model(s.model):
+            try:
+                self._info()
+            except QwodelError as exc:
+                problems["model"] = exc.message
+        if network or is_local_source(s.calibration_dataset):
+            try:
+                self._raw_calibration()
+            except QwodelError as exc:
+                problems["calibration_dataset"] = exc.message
+        try:
+            check_output(s.output, s.overwrite)
+        except QwodelError as exc:
+            problems["output"] = exc.message
+        return problems
 
     def vram(self) -> VramView:
         """GPUs (index as torch numbers them, name, total, used, free) and this model's headroom."""
@@ -306,6 +334,12 @@ class Session:
                 torch.cuda.empty_cache()
 
     # -- display ------------------------------------------------------------------------------------
+
+    def panel(self, **options: Any):
+        """The widget panel over this session (:func:`qwodel_nb.panel`); display it, or end a cell with it."""
+        from .widgets import open_panel
+
+        return open_panel(self, **options)
 
     def __repr__(self) -> str:
         s = self._settings

@@ -9,7 +9,8 @@ import sys
 
 ENGINE = pathlib.Path(__file__).resolve().parents[1] / "qwodel_nb" / "engine"
 NOTEBOOK_MODULES = ("IPython", "ipywidgets", "ipykernel", "tqdm.auto", "tqdm.notebook", "qwodel_nb.session",
-                    "qwodel_nb.display", "qwodel_nb.magics", "qwodel_nb.panel")
+                    "qwodel_nb.display", "qwodel_nb.magics", "qwodel_nb.panel", "qwodel_nb.widgets",
+                    "qwodel_nb.environment")
 
 
 def test_engine_sources_import_no_notebook_module():
@@ -21,7 +22,7 @@ def test_engine_sources_import_no_notebook_module():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] if node.level == 0 else []
-                if node.level and node.module.split(".")[0] in ("session", "display", "magics", "panel", "plots"):
+                if node.level and node.module.split(".")[0] in ("session", "display", "magics", "panel", "plots", "widgets", "environment"):
                     names = [f"qwodel_nb.{node.module}"]
             for name in names:
                 assert not name.startswith(NOTEBOOK_MODULES), f"{path.name} imports {name}"

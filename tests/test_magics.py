@@ -208,11 +208,35 @@ def test_user_errors_are_one_message_without_traceback(shell, tiny_llama, body, 
 
 
 def test_errors_of_line_magics_are_messages(shell):
-    for line, text in [("%qwodel plto", "Did you mean 'plot'?"), ("%qwodel preview x", "number of samples"),
-                       ("%qwodel panel", "panel is not available yet")]:
+    for line, text in [("%qwodel plto", "Did you mean 'plot'?"), ("%qwodel preview x", "number of samples")]:
         shown = run(shell, line)
         shown.assert_clean()
         assert text in shown.everything
+
+
+def test_panel_opens_over_the_current_session_or_makes_one(shell, ran, tiny_llama):
+    pytest.importorskip("ipywidgets")
+    widget_view = "application/vnd.jupyter.widget-view+json"
+    current = magics(shell).session
+    finished = shell.user_ns["s"]  # the session of the real run
+    magics(shell).session = finished
+    try:
+        shown = run(shell, "%qwodel panel")
+        shown.assert_clean()
+        panel = magics(shell).last_panel
+        assert panel.session is finished and finished.state == "done"
+        assert shown.outputs[0][widget_view]["model_id"] == panel.widget.model_id
+        assert panel.results_tab.widget.children[0] is panel.results_tab.summary  # the finished run's results
+
+        magics(shell).session = None
+        shown = run(shell, "%qwodel panel")
+        shown.assert_clean()
+        empty = magics(shell).last_panel
+        assert widget_view in shown.outputs[0] and empty.session is None and empty.run_button.disabled
+        empty.form.rows["model"].control.value = tiny_llama  # typed into the panel
+        assert magics(shell).session is empty.session and empty.session.settings.model == tiny_llama
+    finally:
+        magics(shell).session = current
 
 
 def test_a_literal_token_is_warned_about_and_never_shown(shell, tiny_llama):

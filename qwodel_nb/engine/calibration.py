@@ -167,6 +167,17 @@ def read_source(
     return _from_hub(repo.strip(), subset.strip() or None, split, text_column, token)
 
 
+def is_local_source(source: Any) -> bool:
+    """True for in-memory data and for text naming a local file or folder (existing or not), which
+    :func:`read_source` checks without the network; False for hub datasets."""
+    if not isinstance(source, (str, os.PathLike)):
+        return True
+    text = os.fspath(source).strip()
+    path = os.path.expanduser(text)
+    ext = os.path.splitext(path)[1].lower()
+    return os.path.exists(path) or ext in LOCAL_EXTENSIONS or (os.sep in text and not _looks_like_hub(text))
+
+
 def _looks_like_hub(text: str) -> bool:
     return text.count("/") == 1 and not text.startswith((".", "/", "~"))
 

@@ -70,6 +70,11 @@ def is_hub_id(text: str) -> bool:
     return bool(_HUB_ID.match(text)) and not text.startswith((".", "/", "~"))
 
 
+def is_local_model(source: str) -> bool:
+    """True when ``source`` names a local path (existing or not): checking it needs no network."""
+    return os.path.exists(os.path.expanduser(source)) or not is_hub_id(source)
+
+
 def load_config(source: str, token: Secret | None, trust_remote_code: bool):
     """Read the model's configuration, turning every failure into a one-line, actionable error."""
     from transformers import AutoConfig

@@ -104,6 +104,11 @@ def describe_calibration_source(source: Any) -> str:
     return f"<in-memory {name}{'' if length is None else f' of {length} rows'}>"
 
 
+def canonical_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` under their canonical names; an unknown or doubled name raises :class:`SettingsError`."""
+    return _canonical(options)
+
+
 def _canonical(options: dict[str, Any]) -> dict[str, Any]:
     names = set(field_names())
     out: dict[str, Any] = {}
