@@ -150,11 +150,9 @@ def markdown(table: dict) -> str:
     ]
     for size, results in table["sizes"].items():
         for r in results.values():
-            gap = r.get("gap_closed")
-            lines.append(
-                f"| {size} | {r['row']} | {r['perplexity']:.3f} | {'' if gap is None else f'{100 * gap:+.1f}%'} | "
-                f"{r['awq_s']:.1f} | {'' if not r.get('clip_s') else f'{r['clip_s']:.1f}'} |"
-            )
+            gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:+.1f}%"
+            clip = "" if not r.get("clip_s") else f"{r['clip_s']:.1f}"
+            lines.append(f"| {size} | {r['row']} | {r['perplexity']:.3f} | {gap} | {r['awq_s']:.1f} | {clip} |")
     return "\n".join(lines)
 
 

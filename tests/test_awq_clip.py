@@ -110,6 +110,11 @@ def test_real_run_with_each_clip_mode(tiny_llama, calibration_texts, clip):
 
     if clip != "search":
         assert stats.clips == []
+        from qwodel_nb import plots
+        from qwodel_nb.engine.errors import StateError
+
+        with pytest.raises(StateError, match="clip='search'"):
+            plots.clip_effect(stats)
         return
     names = sorted(c.name for c in stats.clips)
     # v_proj, o_proj, gate_proj, up_proj, down_proj of both layers; q/k are left alone as in llm-awq
@@ -123,6 +128,11 @@ def test_real_run_with_each_clip_mode(tiny_llama, calibration_texts, clip):
     assert torch.isfinite(out.logits).all()
     again = Stats.from_json(stats.to_json())
     assert [c.as_dict() for c in again.clips] == [c.as_dict() for c in stats.clips]
+
+    from qwodel_nb import plots
+
+    fig = plots.clip_effect(stats)
+    assert plots.figure_title(fig).startswith("Weight clipping per layer (mean error removed")
 
 
 def test_ratios_evaluated_in_chunks_choose_the_same(monkeypatch):

@@ -277,5 +277,9 @@ class Stats:
         o = self.overview()
         if not o["mappings"]:
             return "Stats(0 mappings)"
+        clipping = ""
+        if self.clips:
+            clipping = (f"; clipping on {len(self.clips)} layers removed "
+                        f"{100 * (1 - o['mean_clip_error_reduction']):.1f}% of their output error")
         return (f"Stats({o['mappings']} mappings over {o['layers']} layers, mean loss AWQ/RTN "
-                f"{o['mean_reduction']:.3f}, identity kept for {o['identity_chosen']})")
+                f"{o['mean_reduction']:.3f}, identity kept for {o['identity_chosen']}{clipping})")

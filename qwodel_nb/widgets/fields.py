@@ -22,7 +22,8 @@ from .common import COLORS, FIELD_WIDTH, LABEL_WIDTH, label, message_html, show
 
 #: the settings the form edits, in the order of their rows; other settings pass through unchanged
 FORM_FIELDS = ("model", "output", "calibration_dataset", "calibration_split", "num_samples", "seq_len",
-               "batch_size", "group_size", "ignore", "symmetric", "text_column", "overwrite", "token")
+               "batch_size", "group_size", "ignore", "symmetric", "clip", "awq_search", "text_column", "overwrite",
+               "token")
 AUTO_FIELDS = ("num_samples", "seq_len", "batch_size")
 
 
@@ -101,6 +102,21 @@ class CheckRow(Row):
 
     def load(self, value: Any) -> None:
         self.control.value = bool(value)
+
+
+class ChoiceRow(Row):
+    """One of a few fixed values (the engine's own names), the default first."""
+
+    def __init__(self, name: str, title: str, options: list[tuple[str, str]]):
+        self.default = options[0][1]
+        super().__init__(name, title, w.Dropdown(options=options, value=self.default, layout=w.Layout(width="360px")))
+
+    def value(self) -> str:
+        return self.control.value
+
+    def load(self, value: Any) -> None:
+        text = self.default if value is None else str(value)
+        self.control.value = text if text in [v for _, v in self.control.options] else self.default
 
 
 class GroupSizeRow(Row):
@@ -236,6 +252,11 @@ class SettingsForm:
             GroupSizeRow(),
             TextRow("ignore", "ignore", "module names or re: patterns, comma separated (empty: lm_head and router gates)"),
             CheckRow("symmetric", "symmetric", "symmetric 4-bit weights (no zero points)"),
+            ChoiceRow("clip", "clipping", [("search: per-group ranges chosen by output error", "search"),
+                                           ("observer: llm-compressor's MSE weight observer", "observer"),
+                                           ("none: plain min-max ranges", "none")]),
+            ChoiceRow("awq_search", "scale search", [("fast: same choices as llm-compressor's, faster", "fast"),
+                                                     ("stock: llm-compressor's own loop", "stock")]),
             TextRow("text_column", "text column", "detected when empty", width="200px"),
             CheckRow("overwrite", "overwrite", "replace a non-empty output folder"),
             TokenRow(),
@@ -273,7 +294,8 @@ class SettingsForm:
             for name, row in self.rows.items():
                 if name in values:
                     row.load(values[name])
-            if any(values.get(n) not in (None, False) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite")):
+            if any(values.get(n) not in (None, False) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite")) \
+                    or values.get("clip", "search") != "search" or values.get("awq_search", "fast") != "fast":
                 self.advanced.selected_index = 0
         finally:
             self._quiet = False
@@ -288,7 +310,8 @@ class SettingsForm:
     def show_errors(self, errors: dict[str, str]) -> None:
         for name, row in self.rows.items():
             row.set_message(errors.get(name, ""))
-        if any(errors.get(n) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite", "token")):
+        if any(errors.get(n) for n in ("group_size", "ignore", "symmetric", "clip", "awq_search", "text_column", "overwrite",
+                                       "token")):
             self.advanced.selected_index = 0  # an error must not hide in a closed section
 
     def errors(self) -> dict[str, str]:
