@@ -127,7 +127,7 @@ def test_interrupted_run_leaves_nothing(signame, tiny_llama, tmp_path, calibrati
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         QWODEL + ["quantize", tiny_llama, "--output", str(tmp_path / "out"), "--calibration-dataset", calibration_file,
-                  "--num-samples", "16", "--seq-len", "64", "--awq-search", "stock"],  # the slower search: a wider window
+                  "--num-samples", "48", "--seq-len", "128"],  # long enough that the signal lands inside the search
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     seen = ""
