@@ -136,7 +136,9 @@ def test_points_per_pass_is_bounded_by_the_largest_batch():
     assert awq_search.points_per_pass(20, 4096, cpu) == 1  # batches already hold the token floor
     assert awq_search.points_per_pass(20, 512, cpu) == 8  # 4096 // 512
     assert awq_search.points_per_pass(20, 10, cpu) == 20  # never more than the grid
-    assert awq_search.points_quantized_together(20, 10**9, cpu) == 20  # RAM: all candidates at once
+    assert awq_search.points_quantized_together(20, 10**4, cpu) == 20  # small layers: all candidates at once
+    assert awq_search.points_quantized_together(20, 2 * 10**6, cpu) == 8  # 256 MiB // (2M elements * 16 bytes)
+    assert awq_search.points_quantized_together(20, 10**9, cpu) == 1
 
 
 def test_gram_loss_equals_the_direct_output_error():

@@ -63,6 +63,8 @@ WEIGHT_BUDGET_FRACTION = 0.05
 #: compressed-tensors' temporaries besides the kept candidate (measured on an 8B-shaped model:
 #: counting only the kept bf16 candidates let the peak grow by half)
 QUANT_WORKING_BYTES = 16
+#: the working set allowed for making candidates on a CPU
+CPU_WORKING_BYTES = 256 * 1024**2
 
 
 class Unsupported(Exception):
@@ -266,12 +268,16 @@ def gpu_working_budget(device: torch.device) -> int:
 def points_quantized_together(num_points: int, numel_per_point: int, device: torch.device) -> int:
     """How many grid points' candidate weights are made in one quantization call.
 
-    On a CPU all of them. On a GPU, as many as fit twice: the working set of making them
-    (``QUANT_WORKING_BYTES`` per element) within :func:`gpu_working_budget`, and the kept bf16/fp16
-    candidates, which stay during the forward passes, within a few percent of what is allocated.
+    On a CPU as many as a fixed working set allows (``CPU_WORKING_BYTES``: SmolLM2-135M built all 20
+    at once and its peak RSS rose by half). On a GPU, as many as fit twice: the working set of
+    making them (``QUANT_WORKING_BYTES`` per element) within :func:`gpu_working_budget`, and the
+    kept bf16/fp16 candidates, which stay during the forward passes, within a few percent of what
+    is allocated.
     """
-    if device.type != "cuda" or numel_per_point <= 0:
+    if numel_per_point <= 0:
         return num_points
+    if device.type != "cuda":
+        return max(1, min(num_points, CPU_WORKING_BYTES // (numel_per_point * QUANT_WORKING_BYTES)))
     by_working_set = gpu_working_budget(device) // (numel_per_point * QUANT_WORKING_BYTES)
     by_kept = int(WEIGHT_BUDGET_FRACTION * torch.cuda.memory_allocated(device)) // (numel_per_point * 2)
     return max(1, min(num_points, by_working_set, by_kept))
