@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import CalibrationDataError
+from .hub_errors import hub_error_message
 from .secrets import Secret, redact
 
 LOCAL_EXTENSIONS = (".json", ".jsonl", ".txt")
@@ -306,6 +307,9 @@ def _from_hub(repo: str, subset: str | None, split: str, text_column: str | None
             raise CalibrationDataError(f"Calibration dataset {label!r} has no split {split!r}: {text.splitlines()[0][:200]}") from None
         raise CalibrationDataError(f"Calibration dataset {label!r} cannot be loaded: {text.splitlines()[0][:200]}") from None
     except Exception as exc:
+        message = hub_error_message(label, exc, token, "Calibration dataset")
+        if message:
+            raise CalibrationDataError(message) from None
         text = redact(str(exc), token).strip()
         first = text.splitlines()[0][:200] if text else type(exc).__name__
         lowered = text.lower()

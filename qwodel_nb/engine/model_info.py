@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelNotFoundError, UnsupportedModelError
+from .hub_errors import hub_error_message
 from .secrets import Secret, redact
 
 DTYPE_BYTES = {
@@ -97,6 +98,10 @@ def load_config(source: str, token: Secret | None, trust_remote_code: bool):
 def _config_error(source: str, exc: Exception, token: Secret | None, local: bool) -> Exception:
     text = redact(str(exc), token)
     lowered = text.lower()
+    if not local:
+        message = hub_error_message(source, exc, token)
+        if message:
+            return ModelNotFoundError(message)
     if "trust_remote_code" in lowered or "custom code" in lowered:
         return UnsupportedModelError(
             f"Model {source!r} needs its own Python code to load; read that code, then opt in with "
