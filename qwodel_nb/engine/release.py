@@ -13,8 +13,8 @@ Three things keep a dead run's model (and on a GPU its memory) alive after the e
   (every run, finished or not, would otherwise keep its model);
 * the CUDA caching allocator, which keeps freed blocks reserved for this process.
 
-:func:`release` clears all four. The traceback keeps its file names and line numbers (what a
-traceback shows), only the frames' local variables are dropped.
+:func:`release` clears all four. The traceback of the exception is cut below the engine's entry
+point (the part cut is kept as text in the exception's notes where it helps a bug report).
 """
 
 from __future__ import annotations
@@ -22,6 +22,33 @@ from __future__ import annotations
 import contextlib
 import gc
 import traceback
+
+
+def detach_traceback(exc: BaseException, keep_text: bool = True) -> None:
+    """Cut ``exc``'s traceback below the frame that caught it, and drop its causes' tracebacks.
+
+    Clearing frames is not enough: a cleared frame still holds its function, and llm-compressor
+    and compressed-tensors give every module its own ``forward`` closing over the module. With
+    ``keep_text`` the cut part is kept as text in the exception's notes (shown by Python 3.11+
+    under the traceback), for a bug report.
+    """
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        if keep_text:
+            text = "".join(traceback.format_tb(tb.tb_next))
+            notes = getattr(exc, "__notes__", None)
+            if not isinstance(notes, list):
+                notes = []
+                with contextlib.suppress(AttributeError, TypeError):
+                    exc.__notes__ = notes
+            notes.append("Library traceback (frames released to free memory):\n" + text.rstrip())
+        tb.tb_next = None
+    seen = {id(exc)}
+    current = exc.__cause__ or exc.__context__
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
 
 
 def clear_traceback_frames(exc: BaseException | None) -> None:
@@ -99,9 +126,14 @@ def free_gpu_cache() -> None:
             torch.cuda.empty_cache()
 
 
-def release(exc: BaseException | None = None) -> None:
-    """Free what a failed, interrupted or finished run held: traceback locals, library state, GPU cache."""
+def release(exc: BaseException | None = None, keep_text: bool = True) -> None:
+    """Free what a failed, interrupted or finished run held: traceback locals, library state, GPU cache.
+
+    ``exc`` is the exception being handled by the caller; its traceback is cut below the caller.
+    """
     clear_traceback_frames(exc)
+    if exc is not None:
+        detach_traceback(exc, keep_text)
     reset_library_session()
     forget_traced_models()
     gc.collect()

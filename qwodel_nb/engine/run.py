@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 from .awq import build_recipe, run_oneshot
 from .backoff import LAYERED, WHOLE, Sizes, apply_step, exhausted_message, first_sentence, next_step, out_of_memory
 from .calibration import CalibrationSet, tokenize
-from .errors import GpuOutOfMemoryError, ModelNotFoundError, RunCancelled, UnsupportedModelError
+from .errors import GpuOutOfMemoryError, ModelNotFoundError, QwodelError, RunCancelled, UnsupportedModelError
 from .output import STATS_NAME, SUMMARY_NAME, folder_bytes, staged_output, test_point, write_json
 from .plan import Plan
 from .progress import Emitter, Listener, OutOfMemoryRetry, PhaseFinished, PhaseStarted, RunFinished
@@ -209,8 +209,9 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
         try:
             return _attempt(plan, emitter, attempt, steps, tokenizers)
         except BaseException as exc:
-            oom = None if isinstance(exc, (KeyboardInterrupt, RunCancelled)) else out_of_memory(exc)
-            release(exc)
+            interrupted = isinstance(exc, (KeyboardInterrupt, RunCancelled))
+            oom = None if interrupted else out_of_memory(exc)
+            release(exc, keep_text=not (interrupted or oom is not None or isinstance(exc, QwodelError)))
             if oom is None:
                 raise
             tried = attempt.sizes or _sizes(plan, None)
