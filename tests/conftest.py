@@ -151,3 +151,17 @@ def fake_hub(monkeypatch, tmp_path, no_ambient_token):
                                                   event_hooks={"request": [_http.hf_request_event_hook]}))
     yield hub
     _http.set_client_factory(_http.default_client_factory)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m qwodel_nb`` child: offline, and importing this same checkout.
+
+    Without PYTHONPATH a child started in another folder imports whichever qwodel_nb is installed,
+    which need not be the code under test.
+    """
+    import qwodel_nb
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(qwodel_nb.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                PYTHONUNBUFFERED="1", PYTHONPATH=path, **extra)

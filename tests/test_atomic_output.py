@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from conftest import subprocess_env
 
 from qwodel_nb import OutputError, Quantizer
 from qwodel_nb.engine import output
@@ -65,7 +66,7 @@ def previous(tmp_path):
 def _quantize(model, out, data, *, env=None, overwrite=False, pause=None):
     cmd = [sys.executable, "-m", "qwodel_nb", "quantize", model, "--output", str(out),
            "--calibration-dataset", data, *RUN] + (["--overwrite"] if overwrite else [])
-    full_env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **(env or {}))
+    full_env = subprocess_env(**(env or {}))
     if pause is None:
         return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
     full_env[PAUSE_ENV] = pause

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from .errors import CalibrationDataError
 from .hub_errors import hub_error_message
-from .secrets import Secret, redact
+from .secrets import Secret, call_translating, redact
 
 LOCAL_EXTENSIONS = (".json", ".jsonl", ".txt")
 
@@ -299,30 +299,32 @@ def _from_hub(repo: str, subset: str | None, split: str, text_column: str | None
     except ImportError:  # pragma: no cover - a declared dependency
         raise CalibrationDataError("The 'datasets' package is needed for hub calibration data; pip install datasets.") from None
     label = repo + (f":{subset}" if subset else "")
-    try:
-        dataset = datasets.load_dataset(repo, subset, split=split, token=token.reveal() if token else None)
-    except ValueError as exc:
-        text = redact(str(exc), token)
-        if "split" in text.lower() or "Unknown split" in text:
-            raise CalibrationDataError(f"Calibration dataset {label!r} has no split {split!r}: {text.splitlines()[0][:200]}") from None
-        raise CalibrationDataError(f"Calibration dataset {label!r} cannot be loaded: {text.splitlines()[0][:200]}") from None
-    except Exception as exc:
+
+    def failed(exc: Exception) -> CalibrationDataError:
         message = hub_error_message(label, exc, token, "Calibration dataset")
         if message:
-            raise CalibrationDataError(message) from None
+            return CalibrationDataError(message)
         text = redact(str(exc), token).strip()
         first = text.splitlines()[0][:200] if text else type(exc).__name__
         lowered = text.lower()
+        if isinstance(exc, ValueError):
+            if "split" in lowered:
+                return CalibrationDataError(f"Calibration dataset {label!r} has no split {split!r}: {first}")
+            return CalibrationDataError(f"Calibration dataset {label!r} cannot be loaded: {first}")
         if "gated" in lowered or "401" in lowered or "403" in lowered:
-            raise CalibrationDataError(
+            return CalibrationDataError(
                 f"Calibration dataset {label!r} is gated or private; set HF_TOKEN or pass token=... with access."
-            ) from None
+            )
         if "config" in lowered and ("available" in lowered or "missing" in lowered):
-            raise CalibrationDataError(f"Calibration dataset {label!r}: {first}; name a subset as 'repo:subset'.") from None
-        raise CalibrationDataError(
+            return CalibrationDataError(f"Calibration dataset {label!r}: {first}; name a subset as 'repo:subset'.")
+        return CalibrationDataError(
             f"Calibration dataset {label!r} cannot be loaded ({first}); check the id and the network, "
             "or give a local .json/.jsonl/.txt file."
-        ) from None
+        )
+
+    dataset = call_translating(
+        lambda: datasets.load_dataset(repo, subset, split=split, token=token.reveal() if token else None), failed
+    )
     return _from_dataset(dataset, text_column, f"dataset {label} [{split}]")
 
 

@@ -27,7 +27,7 @@ from .plan import Plan
 from .progress import Emitter, Listener, OutOfMemoryRetry, PhaseFinished, PhaseStarted, RunFinished
 from .release import release
 from .resources import check_ram, estimate_ram
-from .secrets import redact
+from .secrets import call_translating, redact
 from .stats import Stats
 from .versions import library_versions
 
@@ -55,18 +55,21 @@ class RunResult:
 def load_tokenizer(plan: Plan) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(
+    def failed(exc: Exception) -> ModelNotFoundError:
+        text = redact(str(exc), plan.token).strip().splitlines()
+        return ModelNotFoundError(
+            f"Could not load the tokenizer of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__}); "
+            "the model folder needs its tokenizer files."
+        )
+
+    return call_translating(
+        lambda: AutoTokenizer.from_pretrained(
             _model_ref(plan),
             token=plan.token.reveal() if plan.token else None,
             trust_remote_code=plan.settings.trust_remote_code,
-        )
-    except Exception as exc:
-        text = redact(str(exc), plan.token).strip().splitlines()
-        raise ModelNotFoundError(
-            f"Could not load the tokenizer of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__}); "
-            "the model folder needs its tokenizer files."
-        ) from None
+        ),
+        failed,
+    )
 
 
 def prepare_calibration(plan: Plan, tokenizer: Any) -> CalibrationSet:
@@ -95,13 +98,15 @@ def load_model(plan: Plan) -> Any:
     }
     if plan.placement.startswith("whole model on GPU"):
         kwargs["device_map"] = "cuda:0"
-    try:
-        return AutoModelForCausalLM.from_pretrained(_model_ref(plan), **kwargs)
-    except (OSError, ValueError) as exc:
+    def failed(exc: Exception) -> BaseException:
+        if not isinstance(exc, (OSError, ValueError)):
+            return exc  # out of memory and the like: handled by the caller as they are
         text = redact(str(exc), plan.token).strip().splitlines()
-        raise UnsupportedModelError(
+        return UnsupportedModelError(
             f"Could not load the weights of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__})."
-        ) from None
+        )
+
+    return call_translating(lambda: AutoModelForCausalLM.from_pretrained(_model_ref(plan), **kwargs), failed)
 
 
 def _peak_rss_bytes() -> int:
