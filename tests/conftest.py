@@ -165,3 +165,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                 PYTHONUNBUFFERED="1", PYTHONPATH=path, **extra)
+
+
+try:  # property-based tests: deterministic and modest in CI; QWODEL_FUZZ=explore for a longer random search
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                                          HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    settings.register_profile("ci", derandomize=True, print_blob=True, **_common)
+    settings.register_profile("explore", max_examples=2000, **_common)
+    settings.load_profile(os.environ.get("QWODEL_FUZZ", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
