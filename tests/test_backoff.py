@@ -66,6 +66,7 @@ def test_out_of_memory_is_found_through_library_wrappers():
     except RuntimeError as wrapped:
         assert out_of_memory(wrapped) is inner
     assert out_of_memory(RuntimeError("CUDA error: out of memory")) is not None
+    assert out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate")) is not None
     assert out_of_memory(ValueError("shapes do not match")) is None
     assert out_of_memory(RuntimeError("DefaultCPUAllocator: not enough memory")) is None
 

@@ -75,8 +75,9 @@ def out_of_memory(exc: BaseException | None) -> BaseException | None:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, torch.OutOfMemoryError) or (
-            isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "cuda" in str(exc).lower()
+        text = str(exc).lower() if isinstance(exc, RuntimeError) else ""
+        if isinstance(exc, torch.OutOfMemoryError) or ("out of memory" in text and "cuda" in text) or (
+            "status_alloc_failed" in text  # cuBLAS/cuDNN could not get their workspace
         ):
             found = exc
         exc = exc.__cause__ or exc.__context__
