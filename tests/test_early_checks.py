@@ -274,3 +274,19 @@ def test_wrong_mappings_are_one_line_errors(mappings, words, tiny_opt, capsys, t
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and len(err.strip().splitlines()) == 1
     assert all(w in err for w in words), err
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused_without_reading_it(tmp_path, offline_wikitext):
+    """A mistyped '.', '..' or '~' must not make datasets read every file below it."""
+    from qwodel_nb.engine.calibration import read_source
+
+    project = tmp_path / "project"
+    (project / "notes").mkdir(parents=True)
+    (project / "notes" / "todo.json").write_text('["not calibration data"]')
+    (project / "README.md").write_text("# a project, not a dataset card\n")
+    for source in (str(project), "~", "/"):
+        with pytest.raises(CalibrationDataError, match="does not look like a dataset folder"):
+            read_source(source)
+    (project / "train.jsonl").write_text('{"text": "a real sample"}\n')
+    assert read_source(str(project)).rows == ["a real sample"]
+    assert len(read_source(str(offline_wikitext / "wikitext"))) > 0  # a dataset card with configs

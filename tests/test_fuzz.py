@@ -219,7 +219,8 @@ def argvs(draw, model):
 @given(st.data())
 def test_cli_exits_0_or_2_with_one_line(sandbox, tiny_llama, capsys, data):
     argv = data.draw(argvs(tiny_llama))
-    tree = Tree(sandbox, os.path.dirname(tiny_llama), allowed=[sandbox / "outs"])
+    named = [os.path.join(sandbox, argv[i + 1]) for i, w in enumerate(argv[:-1]) if w in ("--output", "-o")]
+    tree = Tree(sandbox, os.path.dirname(tiny_llama), allowed=[sandbox / "outs", *named])  # the outputs asked for
     with inside(sandbox):
         code = main(argv)
     captured = capsys.readouterr()
