@@ -102,7 +102,7 @@ def check_output(path: str | None, overwrite: bool) -> str:
     full = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(full) and not os.path.isdir(full):
         raise OutputError(f"Output {path!r} is a file; give a folder path.")
-    if os.path.isdir(full) and _visible_entries(full) and not overwrite:
+    if os.path.isdir(full) and _entries(full) and not overwrite:
         raise OutputError(f"Output folder {path!r} is not empty; choose another folder or pass overwrite=True (CLI: --overwrite).")
     probe_dir = _existing_ancestor(os.path.dirname(full))
     problem = probe_writable(probe_dir)
@@ -111,7 +111,7 @@ def check_output(path: str | None, overwrite: bool) -> str:
     return full
 
 
-def _visible_entries(folder: str) -> list[str]:
+def _entries(folder: str) -> list[str]:
     try:
         return os.listdir(folder)
     except OSError as exc:

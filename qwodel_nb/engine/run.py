@@ -98,6 +98,7 @@ def load_model(plan: Plan) -> Any:
     }
     if plan.placement.startswith("whole model on GPU"):
         kwargs["device_map"] = "cuda:0"
+
     def failed(exc: Exception) -> BaseException:
         if not isinstance(exc, (OSError, ValueError)):
             return exc  # out of memory and the like: handled by the caller as they are
