@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qwodel_nb.engine.awq_clip import CLIP_RATIOS, GramAccumulator, _quantize_with_range, search_clip
+from qwodel_nb.engine.awq_clip import CLIP_RATIOS, GramAccumulator, search_clip
+from qwodel_nb.engine.awq_search import quantize_with_range
 
 
 def _layer(in_features=128, out_features=24, group_size=32, seed=0):
@@ -57,7 +58,7 @@ def test_search_picks_each_groups_best_ratio_and_clamps_in_place():
     lo, hi = w.amin(-1), w.amax(-1)
     errors = []
     for r in CLIP_RATIOS:
-        q = _quantize_with_range(original, lo * r, hi * r, args, layer)
+        q = quantize_with_range(layer, original, lo * r, hi * r, args)
         errors.append(((x.view(256, 4, 32).unsqueeze(1) * (q - original).view(1, 24, 4, 32)).sum(-1) ** 2).sum(0))
     best = torch.stack(errors).argmin(0)
     expected = torch.tensor(CLIP_RATIOS)[best]

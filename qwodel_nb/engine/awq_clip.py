@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from .awq_search import gpu_working_budget, quantize_with_range
+
 #: shrink factors tried: 1.0 down to 0.55 (llm-awq: n_grid 20, max_shrink 0.5)
 CLIP_RATIOS = tuple(1.0 - i / 20 for i in range(10))
 CLIP_MODES = ("none", "observer", "search")
@@ -78,8 +80,6 @@ def ratios_together(num_ratios: int, numel: int, device: torch.device) -> int:
     """How many clip ratios one quantization call evaluates: all on a CPU; on a GPU a memory share."""
     if device.type != "cuda":
         return num_ratios
-    from .awq_search import gpu_working_budget
-
     budget = max(MIN_BUDGET_BYTES, gpu_working_budget(device))
     return max(1, min(num_ratios, budget // max(numel * WORKING_BYTES, 1)))
 
@@ -94,21 +94,6 @@ def supports(args: Any) -> bool:
         and not args.dynamic
         and getattr(args, "actorder", None) in (None, False)
     )
-
-
-def _quantize_with_range(weight: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, args: Any, layer: Any) -> torch.Tensor:
-    """Fake-quantize ``weight`` [rows, in] with per-group ranges ``lo``/``hi`` [rows, groups]."""
-    from compressed_tensors.quantization import fake_quantize
-    from compressed_tensors.quantization.utils import calculate_qparams
-
-    scale, zero = calculate_qparams(lo, hi, args)
-    stored_scale = getattr(layer, "weight_scale", None)
-    stored_zero = getattr(layer, "weight_zero_point", None)
-    if stored_scale is not None:
-        scale = scale.to(stored_scale.dtype)
-    if stored_zero is not None:
-        zero = zero.to(stored_zero.dtype)
-    return fake_quantize(weight, scale, zero, args)
 
 
 @torch.no_grad()
@@ -138,9 +123,9 @@ def search_clip(name: str, layer: torch.nn.Linear, gram: torch.Tensor, tokens: i
     for start in range(0, len(ratios), step):
         r = all_ratios[start : start + step].view(-1, 1, 1)
         n = r.shape[0]
-        candidate = _quantize_with_range(
-            weight.repeat(n, 1), (lo * r).reshape(n * out_features, groups), (hi * r).reshape(n * out_features, groups),
-            args, layer,
+        candidate = quantize_with_range(
+            layer, weight.repeat(n, 1), (lo * r).reshape(n * out_features, groups),
+            (hi * r).reshape(n * out_features, groups), args,
         ).float()
         d = (candidate.view(n, out_features, in_features) - w).view(n * out_features, groups, k).transpose(0, 1)
         err = (torch.bmm(d, g) * d).sum(-1)  # [groups, n * out]

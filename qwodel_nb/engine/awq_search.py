@@ -119,6 +119,26 @@ def supports(args: Any) -> bool:
     )
 
 
+def quantize_with_range(layer: torch.nn.Module, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, args: Any) -> torch.Tensor:
+    """Fake-quantize ``rows`` [n, in] with per-group ranges ``lo``/``hi`` [n, groups], as the layer would.
+
+    Scale and zero point come from compressed-tensors' ``calculate_qparams`` and take the dtypes
+    of the layer's ``weight_scale``/``weight_zero_point`` parameters (``update_qparams`` copies
+    into them), then ``fake_quantize``: the observer round trip without the observer.
+    """
+    from compressed_tensors.quantization import fake_quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    scale, zero = calculate_qparams(lo, hi, args)
+    stored_scale = getattr(layer, "weight_scale", None)
+    stored_zero = getattr(layer, "weight_zero_point", None)
+    if stored_scale is not None:
+        scale = scale.to(stored_scale.dtype)
+    if stored_zero is not None:
+        zero = zero.to(stored_zero.dtype)
+    return fake_quantize(rows, scale, zero, args)
+
+
 def quantize_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> torch.Tensor:
     """``Q(W * s) / s`` for each row of ``scales``: [g, out, in], in the weight's dtype.
 
@@ -128,8 +148,7 @@ def quantize_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: to
     the dtypes of the layer's ``weight_scale``/``weight_zero_point`` parameters (``update_qparams``
     copies into them), then ``fake_quantize``, then division by the scales and a cast back.
     """
-    from compressed_tensors.quantization import QuantizationStrategy, fake_quantize
-    from compressed_tensors.quantization.utils import calculate_qparams
+    from compressed_tensors.quantization import QuantizationStrategy
 
     g = scales.shape[0]
     out_features, in_features = weight.shape
@@ -140,14 +159,7 @@ def quantize_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: to
         grouped = rows.unflatten(-1, (-1, args.group_size))
     else:  # CHANNEL: one group per row
         grouped = rows.unsqueeze(-2)
-    q_scale, q_zero = calculate_qparams(grouped.amin(dim=-1), grouped.amax(dim=-1), args)
-    stored_scale = getattr(layer, "weight_scale", None)
-    stored_zero = getattr(layer, "weight_zero_point", None)
-    if stored_scale is not None:
-        q_scale = q_scale.to(stored_scale.dtype)
-    if stored_zero is not None:
-        q_zero = q_zero.to(stored_zero.dtype)
-    dequant = fake_quantize(rows, q_scale, q_zero, args)
+    dequant = quantize_with_range(layer, rows, grouped.amin(dim=-1), grouped.amax(dim=-1), args)
     candidates = dequant.view(g, out_features, in_features) / scales.view(g, 1, in_features)
     return candidates.to(weight.dtype)
 
