@@ -8,9 +8,13 @@ qwodel-compatible facade over it, and ``qwodel`` the command line. In notebooks,
 
 from __future__ import annotations
 
+import logging
+
 from .engine.errors import (
     CalibrationDataError,
+    GpuOutOfMemoryError,
     ModelNotFoundError,
+    ResourceError,
     OutputError,
     QwodelError,
     SettingsError,
@@ -22,6 +26,10 @@ from .quantizer import Quantizer
 from .session import Session
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where records go (the CLI and the progress bar show
+# what matters themselves).
+logging.getLogger("qwodel_nb").addHandler(logging.NullHandler())
 
 
 def panel(session: Session | None = None, **options):
@@ -62,5 +70,7 @@ __all__ = [
     "OutputError",
     "StateError",
     "CancelledError",
+    "ResourceError",
+    "GpuOutOfMemoryError",
     "__version__",
 ]

@@ -24,6 +24,16 @@ EXIT_INTERNAL_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (token-shaped text masked) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        from .engine.secrets import redact
+
+        text = " ".join(redact(message).split())
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {text} (see '{self.prog} --help')\n")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="local model folder or Hugging Face hub id")
     p.add_argument("--backend", default="awq", help="quantization backend (only 'awq')")
@@ -40,20 +50,29 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", default=None, help="calibration samples (default: from VRAM headroom)")
     p.add_argument("--ignore", action="append", default=None, metavar="NAME",
                    help="module name or 're:' pattern to keep in 16 bits; repeatable (default: lm_head)")
+    p.add_argument("--mappings", default=None, metavar="FILE",
+                   help="AWQ mappings for an architecture llm-compressor has none for: a .json or .yaml file with a "
+                        "list of {smooth_layer, balance_layers}")
     p.add_argument("--group-size", default=None, help="32, 64 or 128 (default: 128, else the largest that divides)")
     p.add_argument("--symmetric", action="store_true", help="symmetric 4-bit weights (default asymmetric)")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration shuffle")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--awq-search", default="fast", choices=("fast", "stock"),
+                   help="AWQ scale search: fast (default; the same choices as llm-compressor's, "
+                        "several times faster) or stock (llm-compressor's own loop)")
+    p.add_argument("--clip", default="search", choices=("search", "observer", "none"),
+                   help="weight clipping after smoothing: search (default; per-group ranges chosen "
+                        "by output error), observer (llm-compressor's MSE observer) or none")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (only for repositories you trust)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwodel", description="4-bit AWQ quantization of Hugging Face causal LMs for vLLM.")
+    parser = _Parser(prog="qwodel", description="4-bit AWQ quantization of Hugging Face causal LMs for vLLM.")
     parser.add_argument("--version", action="version", version=f"qwodel-nb {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and every library's debug log (tokens masked)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     q = sub.add_parser("quantize", help="quantize a model to W4A16 with AWQ")
@@ -88,14 +107,35 @@ def _settings_from(args: argparse.Namespace, *, need_output: bool) -> Any:
         "seed": args.seed,
         "overwrite": args.overwrite,
         "trust_remote_code": args.trust_remote_code,
+        "awq_search": args.awq_search,
+        "clip": args.clip,
     }
     if args.calibration_dataset is not None:
         options["calibration_dataset"] = args.calibration_dataset
+    if args.mappings is not None:
+        options["mappings"] = read_mappings_file(args.mappings)
     if need_output and not args.output:
         from .engine.errors import OutputError
 
         raise OutputError("No output folder given: add --output DIR.")
     return make_settings(**options)
+
+
+def read_mappings_file(path: str) -> Any:
+    """The AWQ mappings in a .json or .yaml file (validated later, with the other settings)."""
+    import yaml
+
+    from .engine.errors import SettingsError
+
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as fh:
+            return yaml.safe_load(fh)  # JSON is YAML too
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise SettingsError(f"--mappings file {path!r} cannot be read ({reason}); give a .json or .yaml file.") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML or JSON"
+        raise SettingsError(f"--mappings file {path!r} is not valid YAML or JSON ({problem}).") from None
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -167,23 +207,31 @@ def _raise_keyboard_interrupt(signum, frame):  # SIGTERM behaves like Ctrl-C: cl
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USER_ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .engine.errors import QwodelError
     from .engine.secrets import redact
 
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        if args.command in {"quantize", "demo"}:
-            from .engine.logs import route_library_logs
+        if args.command in {"quantize", "plan", "demo"}:
+            from .engine.logs import debug_logging, route_library_logs
 
-            route_library_logs("INFO" if args.debug else "WARNING")
+            if args.debug:
+                from .engine.secrets import resolve_token
+
+                debug_logging(resolve_token(getattr(args, "token", None)))
+            else:
+                route_library_logs("WARNING")
         return COMMANDS[args.command](args)
     except QwodelError as exc:
         if args.debug:
             raise
         print(f"qwodel: error: {redact(exc.message)}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except KeyboardInterrupt:
         print("qwodel: interrupted; no output folder was written.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -13,7 +13,7 @@ from typing import Any
 from .engine.autoconfig import table_row
 from .engine.calibration import CalibrationSet
 from .engine.plan import Placement, Plan
-from .engine.report import format_plan, format_vram
+from .engine.report import backoff_text, format_plan, format_vram, ram_text
 from .engine.vram import VramReport, format_bytes
 
 _STYLE = (
@@ -134,7 +134,7 @@ class PlanView:
             ("architecture", f"{m.class_name} ({m.model_type})"),
             ("parameters", f"{m.param_count / 1e6:,.1f} M in {m.num_layers} layers, stored as {m.dtype}"),
             ("weights", f"{format_bytes(m.weight_bytes)} ({m.weight_bytes_source})"),
-            ("AWQ mappings", p.layout.mappings.source),
+            ("AWQ mappings", f"{p.layout.mappings.source}; scale search: {p.settings.awq_search}; clip: {p.settings.clip}"),
         ]
         run_rows = [
             ("device", f"{p.device}: {p.placement}; compute {p.compute_dtype}, save {p.save_dtype}"),
@@ -153,6 +153,8 @@ class PlanView:
             run_rows.append(("warning", f"<b style='color:#D55E00'>{_e(p.output_note)}</b>"))
         if p.est_peak_gpu_bytes is not None:
             run_rows.append(("peak GPU", _e(f"about {format_bytes(p.est_peak_gpu_bytes)} (estimate)")))
+        if ram_text(p):
+            run_rows.append(("CPU memory", _e(ram_text(p))))
         return (f"{_STYLE}<div class='qwodel'><b>Plan</b>{_table(model_rows)}"
                 f"{_table(run_rows, raw=True)}</div>")
 
@@ -244,6 +246,8 @@ class ResultView:
                             + (f" (batch size {r.calibration['batch_note']})" if r.calibration.get("batch_note") else "")),
             ("AWQ", repr(r.stats)),
         ]
+        if backoff_text(getattr(r, "backoff", None)):
+            rows.append(("backed off", backoff_text(r.backoff)))
         if r.perplexity:
             rows.append(("perplexity", ", ".join(f"{k} {v:.3f}" for k, v in r.perplexity.items())))
         if r.layer_errors:

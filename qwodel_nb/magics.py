@@ -45,8 +45,8 @@ HELP = f"""\
 {CELL_USAGE}
     The cell body is YAML: one 'key: value' per line with the Quantizer/Session option names
     (model, output, calibration_dataset or calibration, calibration_split, text_column, num_samples,
-    seq_len, batch_size, group_size, symmetric, ignore, dtype, device, seed, trust_remote_code,
-    overwrite; eval_text for --evaluate). {{name}} inserts the notebook variable `name`.
+    seq_len, batch_size, group_size, symmetric, ignore, mappings, dtype, device, seed, trust_remote_code,
+    overwrite, awq_search, clip; eval_text for --evaluate). {{name}} inserts the notebook variable `name`.
     Shows VRAM headroom, the plan and a calibration preview, runs AWQ with live progress, then the
     statistics overview and the result. VAR is bound to the Session. An empty body re-runs the
     current session.

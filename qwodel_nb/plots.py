@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .engine.stats import MappingRecord, Stats
 
-__all__ = ["scale_distribution", "best_ratio", "loss_comparison", "grid_curve", "overview", "figure_title",
+__all__ = ["scale_distribution", "best_ratio", "loss_comparison", "grid_curve", "clip_effect", "overview", "figure_title",
            "KIND_COLORS", "KIND_MARKERS"]
 
 KIND_COLORS = {
@@ -399,6 +399,43 @@ def grid_curve(stats: "Stats", layer: int | None = None, kind: str | None = None
         ax.remove()
     note = " (largest round-to-nearest loss)" if default else ""
     fig.suptitle(f"AWQ grid search, layer {layer}{note}", fontweight="bold")
+    return fig
+
+
+_CLIP_COLORS = {"v_proj": "#0072B2", "o_proj": "#E69F00", "gate_proj": "#009E73", "up_proj": "#56B4E9",
+                "down_proj": "#D55E00"}
+
+
+def clip_effect(stats: "Stats") -> "Figure":
+    """The clipping search per layer: output error removed (top) and how much was clipped (bottom)."""
+    if stats is None or not getattr(stats, "clips", None):
+        from .engine.errors import StateError
+
+        raise StateError("This run has no clipping statistics; they come with clip='search' (the default).")
+    import matplotlib.lines as mlines
+
+    layers = sorted({c.layer for c in stats.clips})
+    width, ms = _width(len(layers)), _marker_size(len(layers))
+    fig = _figure(width, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    by_name: dict[str, list] = {}
+    for c in stats.clips:
+        by_name.setdefault(c.name.rsplit(".", 1)[-1], []).append(c)
+    handles = []
+    for short, records in by_name.items():
+        color = _CLIP_COLORS.get(short, "#CC79A7")
+        xs = [c.layer for c in records]
+        top.plot(xs, [100 * (1 - c.reduction) for c in records], "o-", color=color, ms=ms, lw=1)
+        bottom.plot(xs, [100 * c.clipped_share for c in records], "o-", color=color, ms=ms, lw=1)
+        handles.append(mlines.Line2D([], [], color=color, marker="o", label=short))
+    top.set_ylabel("error removed (%)")
+    top.set_title("per-group output error after clipping, relative to plain min-max ranges", loc="left", fontsize=10)
+    bottom.set_ylabel("groups clipped (%)")
+    bottom.set_title("share of weight groups whose range was shrunk", loc="left", fontsize=10)
+    _layer_axis(top, layers, labels=False)
+    _layer_axis(bottom, layers)
+    mean = 100 * (1 - sum(c.reduction for c in stats.clips) / len(stats.clips))
+    _header(fig, f"Weight clipping per layer (mean error removed {mean:.1f}%)", handles, width)
     return fig
 
 

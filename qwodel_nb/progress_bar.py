@@ -7,7 +7,9 @@ layers; its postfix names the layer, mapping and grid point with the best loss s
 
 from __future__ import annotations
 
-from .engine.progress import Event, GridPoint, LayerFinished, LayerStarted, PhaseFinished, PhaseStarted
+import sys
+
+from .engine.progress import Event, GridPoint, LayerFinished, LayerStarted, OutOfMemoryRetry, PhaseFinished, PhaseStarted
 
 _PHASE_LABELS = {"calibration_data": "tokenizing", "load_model": "loading model", "awq": "AWQ", "save": "saving"}
 
@@ -46,6 +48,11 @@ class ProgressBar:
             self._set(self.layers_done)
         elif isinstance(event, PhaseFinished) and event.phase == "awq":
             self._set(self.num_layers)
+        elif isinstance(event, OutOfMemoryRetry):  # the run starts again from the first layer
+            self.bar.write(f"qwodel: {event.message}", file=sys.stderr)
+            self.layers_done = 0
+            self.bar.reset(total=self.num_layers)
+            self.bar.set_postfix_str(f"out of GPU memory: {event.setting} {event.old} -> {event.new}", refresh=False)
 
     def close(self, ok: bool = True) -> None:
         if ok:

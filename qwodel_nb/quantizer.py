@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .engine.plan import Plan, make_plan
+from .engine.progress import report_retries
 from .engine.run import RunResult, execute
 from .engine.settings import DEFAULT_CALIBRATION, SUPPORTED_BACKENDS, Settings, make_settings
 
@@ -96,7 +97,7 @@ class Quantizer:
         )
         plan = make_plan(settings)
         self.last_plan = plan
-        self.last_result = execute(plan)
+        self.last_result = execute(plan, [report_retries])
         return self.last_result.output_path
 
     def _run_settings(self, **overrides: Any) -> Settings:

@@ -265,7 +265,7 @@ class Session:
         return self.result
 
     def plot(self, kind: str = "overview", **kwargs: Any):
-        """A matplotlib Figure of the last run's statistics: overview, scales, ratios, losses or grid."""
+        """A matplotlib Figure of the last run's statistics: overview, scales, ratios, losses, grid or clip."""
         from . import plots
 
         stats = self._require_result().stats
@@ -275,6 +275,7 @@ class Session:
             "ratios": plots.best_ratio,
             "losses": plots.loss_comparison,
             "grid": plots.grid_curve,
+            "clip": plots.clip_effect,
         }
         if kind not in figures:
             raise StateError(f"plot kind {kind!r} is unknown; choose one of {', '.join(figures)}.")

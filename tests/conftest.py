@@ -92,3 +92,88 @@ def offline_wikitext(tmp_path, monkeypatch, calibration_texts):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def no_ambient_token(monkeypatch, tmp_path):
+    """No token in the environment, and an empty Hugging Face login file location."""
+    import huggingface_hub.constants as hf_constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_OIDC_ID_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    token_path = tmp_path / "hf-home" / "token"
+    token_path.parent.mkdir()
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(token_path))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    return token_path
+
+
+class FakeHub:
+    """Answers of the Hugging Face Hub, at the HTTP boundary: huggingface_hub's own client, a fake server.
+
+    ``gated`` repositories refuse everyone (401 without a token, 403 with one), as a gated model
+    does before its terms are accepted; every other repository does not exist. Each request is
+    recorded with its Authorization header, so a test can see which token reached the hub.
+    """
+
+    def __init__(self, gated=("qwodel-test/gated-model",)):
+        self.gated = set(gated)
+        self.requests: list[tuple[str, str, str | None]] = []
+
+    def __call__(self, request):
+        import httpx
+
+        auth = request.headers.get("authorization")
+        self.requests.append((request.method, str(request.url), auth))
+        repo = "/".join(request.url.path.strip("/").split("/")[:2])
+        if repo in self.gated or any(f"/{g}" in request.url.path for g in self.gated):
+            status, message = (403, f"Access to model {repo} is restricted and you are not in the authorized list.") \
+                if auth else (401, f"Access to model {repo} is restricted. You must be authenticated to access it.")
+            return httpx.Response(status, headers={"X-Error-Code": "GatedRepo", "X-Error-Message": message})
+        return httpx.Response(404, headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+
+    def tokens_sent(self) -> set[str]:
+        return {auth.split(" ", 1)[1] for _, _, auth in self.requests if auth}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path, no_ambient_token):
+    """The hub client online, talking to :class:`FakeHub` instead of the network, with an empty cache."""
+    import httpx
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils import _http
+
+    hub = FakeHub()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    _http.set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(hub), follow_redirects=True,
+                                                  event_hooks={"request": [_http.hf_request_event_hook]}))
+    yield hub
+    _http.set_client_factory(_http.default_client_factory)
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m qwodel_nb`` child: offline, and importing this same checkout.
+
+    Without PYTHONPATH a child started in another folder imports whichever qwodel_nb is installed,
+    which need not be the code under test.
+    """
+    import qwodel_nb
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(qwodel_nb.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                PYTHONUNBUFFERED="1", PYTHONPATH=path, **extra)
+
+
+try:  # property-based tests: deterministic and modest in CI; QWODEL_FUZZ=explore for a longer random search
+    from hypothesis import HealthCheck, settings
+
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                                          HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    settings.register_profile("ci", derandomize=True, print_blob=True, **_common)
+    settings.register_profile("explore", max_examples=2000, **_common)
+    settings.load_profile(os.environ.get("QWODEL_FUZZ", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import subprocess_env
 
 from qwodel_nb.cli import EXIT_USER_ERROR, main
 
@@ -15,7 +16,7 @@ QWODEL = [sys.executable, "-m", "qwodel_nb"]
 
 
 def _run(args, cwd=None, timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = subprocess_env()
     return subprocess.run(QWODEL + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -124,10 +125,10 @@ def test_interrupted_run_leaves_nothing(signame, tiny_llama, tmp_path, calibrati
     import signal
     import time
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env = subprocess_env()
     proc = subprocess.Popen(
         QWODEL + ["quantize", tiny_llama, "--output", str(tmp_path / "out"), "--calibration-dataset", calibration_file,
-                  "--num-samples", "16", "--seq-len", "64"],
+                  "--num-samples", "48", "--seq-len", "128"],  # long enough that the signal lands inside the search
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )
     seen = ""

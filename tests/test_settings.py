@@ -43,6 +43,7 @@ def test_every_alias_maps_to_its_field(alias, canonical):
         "seq_len": 256,
         "num_samples": 16,
         "token": TOKEN,
+        "awq_search": "stock",
     }
     options = {"model": "org/model"} if canonical != "model" else {}
     options[alias] = values[canonical]
@@ -357,3 +358,15 @@ def test_describe_calibration_source():
     assert describe_calibration_source(ds) == "<in-memory Dataset of 3 rows>"
     assert describe_calibration_source(object()) == "<in-memory object>"
 
+
+
+def test_search_and_clip_settings():
+    s = make_settings(model="m")
+    assert (s.awq_search, s.clip) == ("fast", "search")
+    s = make_settings(model="m", search="STOCK", clip=" observer ")
+    assert (s.awq_search, s.clip) == ("stock", "observer")
+    assert s.public_dict()["clip"] == "observer" and s.public_dict()["awq_search"] == "stock"
+    with pytest.raises(SettingsError, match="awq_search 'slow' is not known"):
+        make_settings(model="m", awq_search="slow")
+    with pytest.raises(SettingsError, match="clip 'always' is not known; use 'search'"):
+        make_settings(model="m", clip="always")

@@ -16,14 +16,23 @@ from typing import Any, Iterator
 AWQ_PRESETS = {False: "W4A16_ASYM", True: "W4A16"}
 
 
-def build_recipe(*, group_size: int, symmetric: bool, ignore: tuple[str, ...], awq_cls: type | None = None) -> list:
-    """Fresh ``[AWQModifier, QuantizationModifier]`` for one run."""
+def build_recipe(
+    *, group_size: int, symmetric: bool, ignore: tuple[str, ...], awq_cls: type | None = None, clip: str = "none"
+) -> list:
+    """Fresh ``[AWQModifier, QuantizationModifier]`` for one run.
+
+    ``clip="observer"`` gives the weights llm-compressor's memoryless MSE observer, which shrinks
+    each group's range to the least weight error; ``"search"`` is done by qwodel's AWQModifier
+    (see ``engine/awq_clip.py``) and leaves the scheme's min-max observer in place.
+    """
     from compressed_tensors.quantization import preset_name_to_scheme
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
     scheme = preset_name_to_scheme(AWQ_PRESETS[bool(symmetric)], ["Linear"])
     scheme.weights.group_size = group_size
+    if clip == "observer":
+        scheme.weights.observer = "memoryless_mse"
     awq = (awq_cls or AWQModifier)()
     quant = QuantizationModifier(config_groups={"group_0": scheme}, ignore=list(ignore))
     return [awq, quant]

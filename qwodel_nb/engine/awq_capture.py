@@ -1,13 +1,19 @@
-"""llm-compressor's AWQ, observed: progress events and per-mapping statistics captured in the run.
+"""llm-compressor's AWQ, observed and searched faster: progress events and per-mapping statistics.
 
-:class:`AWQModifier` subclasses llm-compressor 0.14's ``transform.awq.AWQModifier`` and changes
-none of its arithmetic. It wraps three methods:
+:class:`AWQModifier` subclasses llm-compressor 0.14's ``transform.awq.AWQModifier``. It wraps
+three methods:
 
 * ``_apply_smoothing`` runs once per calibrated subgraph (one decoder layer): layer events;
 * ``_compute_best_scale`` runs once per resolved mapping: mapping events, and the record of the
-  mapping (activation means in, chosen scales out);
-* ``_compute_loss`` runs once per grid point, in the order of ``_get_grid_search_params()``,
-  whose first point is identity scaling (so its loss is the round-to-nearest loss).
+  mapping (activation means in, chosen scales out). With ``search="fast"`` (the default) the grid
+  search itself is :func:`qwodel_nb.engine.awq_search.search_best_scales`, which makes the same
+  choices with far less overhead; ``search="stock"`` keeps llm-compressor's own loop, and the
+  fast path also hands a mapping to it when it cannot reproduce it;
+* ``_compute_loss`` runs once per grid point of the stock loop, in the order of
+  ``_get_grid_search_params()``, whose first point is identity scaling (so its loss is the
+  round-to-nearest loss).
+
+Smoothing, mappings, caching, the pipeline and the saved format stay llm-compressor's.
 
 The class keeps the name ``AWQModifier`` on purpose: llm-compressor writes the class name into
 the saved ``recipe.yaml``, and under this name the recipe loads in plain llm-compressor. The
@@ -18,14 +24,31 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from llmcompressor.modifiers.transform.awq import AWQModifier as _StockAWQModifier
 from pydantic import PrivateAttr
 
+from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
+from .awq_clip import supports as clip_supports
+from .awq_search import Unsupported, search_best_scales
+from .awq_smoothing import apply_smoothing
 from .progress import Emitter, GridPoint, LayerFinished, LayerStarted, MappingFinished, MappingStarted, eta
 from .stats import MappingRecord, summarize
 
+SEARCH_METHODS = ("fast", "stock")
+#: layers the clipping search leaves alone, as the original AWQ code does: their outputs meet in
+#: the attention scores, where a per-group output error says little
+CLIP_SKIPPED = ("q_proj", "k_proj", "query", "key", "qkv_proj", "Wqkv")
+
+
+@dataclass
+class _Increment:
+    increment: Any
+    tokens_added: int
+    used_by: set
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
@@ -48,16 +71,115 @@ class AWQModifier(_StockAWQModifier):
     _qw_num_mappings: int = PrivateAttr(default=0)
     _qw_best: float = PrivateAttr(default=float("inf"))
     _qw_awq_started: float = PrivateAttr(default=0.0)
+    _qw_search: str = PrivateAttr(default="fast")
+    _qw_capture: bool = PrivateAttr(default=True)
+    _qw_fallbacks: list = PrivateAttr(default_factory=list)
+    _qw_methods: dict = PrivateAttr(default_factory=dict)
+    _qw_clip: str = PrivateAttr(default="none")
+    _qw_grams: dict = PrivateAttr(default_factory=dict)
+    _qw_last_input: tuple = PrivateAttr(default=(None, None))
+    _qw_input_scales: dict = PrivateAttr(default_factory=dict)
+    _qw_clips: list = PrivateAttr(default_factory=list)
+    _qw_clip_s: float = PrivateAttr(default=0.0)
+    _qw_smoothing_s: float = PrivateAttr(default=0.0)
 
-    def observe(self, emitter: Emitter | None, num_layers: int) -> "AWQModifier":
+    def observe(self, emitter: Emitter | None, num_layers: int, *, search: str = "fast", capture: bool = True,
+                clip: str = "none") -> "AWQModifier":
+        """Send events to ``emitter``; ``search`` is "fast" or "stock"; ``capture=False`` keeps no
+        records and sends no events (only to measure what capturing costs); ``clip="search"`` runs
+        the output-aware clipping search after each layer's smoothing (``"observer"`` and
+        ``"none"`` are handled by the quantization scheme, not here)."""
+        if search not in SEARCH_METHODS:
+            raise ValueError(f"search must be one of {SEARCH_METHODS}, not {search!r}")
+        if clip not in CLIP_MODES:
+            raise ValueError(f"clip must be one of {CLIP_MODES}, not {clip!r}")
         self._qw_emitter = emitter or Emitter()
         self._qw_num_layers = num_layers
         self._qw_awq_started = time.perf_counter()
+        self._qw_search = search
+        self._qw_capture = capture
+        self._qw_clip = clip
         return self
+
+    @property
+    def clips(self) -> list[ClipResult]:
+        return list(self._qw_clips)
 
     @property
     def records(self) -> list[MappingRecord]:
         return list(self._qw_records)
+
+    @property
+    def search_summary(self) -> dict:
+        """How the mappings were searched: method counts, and the mappings handed to stock, with why."""
+        return {
+            "search": self._qw_search,
+            "methods": dict(self._qw_methods),
+            "stock_fallbacks": [dict(f) for f in self._qw_fallbacks],
+            "clip": self._qw_clip,
+            "clip_s": self._qw_clip_s,
+            "smoothing_s": self._qw_smoothing_s,  # scale search + smoothing + clipping, all layers
+        }
+
+    # -- clipping: inputs recorded as per-group Gram matrices, searched after smoothing -----------
+
+    def on_calibration_start(self, state, event, **kwargs):
+        result = super().on_calibration_start(state, event, **kwargs)
+        if self._qw_clip == "search":
+            self._register_clip_hooks(state.model)
+        return result
+
+    def _register_clip_hooks(self, model) -> None:
+        for name, module in model.named_modules():
+            if not isinstance(module, torch.nn.Linear) or name.endswith(CLIP_SKIPPED):
+                continue
+            args = getattr(getattr(module, "quantization_scheme", None), "weights", None)
+            if not clip_supports(args) or module.in_features % args.group_size:
+                continue
+            self.register_hook(module, self._clip_input_hook(name), "forward_pre")
+
+    def _clip_input_hook(self, name: str):
+        def hook(module, args):
+            x = args[0]
+            accumulator = self._qw_grams.get(name)
+            if accumulator is None:
+                group = module.quantization_scheme.weights.group_size
+                accumulator = GramAccumulator(module.in_features, group, module.weight.device)
+                self._qw_grams[name] = (module, accumulator)
+            else:
+                accumulator = accumulator[1]
+            # gate/up (and fused siblings) receive the same tensor object one after the other:
+            # its Gram increment is computed once. The cache holds the tensor itself, so its memory
+            # cannot be reused by another tensor while cached (an address comparison could be
+            # fooled by that), and a layer that already used the entry recomputes.
+            last_tensor, last = self._qw_last_input
+            if last_tensor is x and last is not None and name not in last.used_by:
+                last.used_by.add(name)
+            else:
+                last = _Increment(accumulator.increment(x), x.numel() // x.shape[-1], {name})
+                self._qw_last_input = (x, last)
+            accumulator.gram += last.increment
+            accumulator.tokens += last.tokens_added
+
+        return hook
+
+    def _clip_pending(self) -> None:
+        """Clip every layer whose inputs were recorded in this subgraph, then free the records."""
+        if not self._qw_grams:
+            return
+        started = time.perf_counter()
+        for name, (module, accumulator) in list(self._qw_grams.items()):
+            from .awq_search import _allreduce
+
+            gram, tokens = _allreduce([accumulator.gram, torch.tensor(accumulator.tokens, device=accumulator.gram.device)])
+            result = search_clip(
+                name, module, gram, int(tokens), module.quantization_scheme.weights,
+                input_scales=self._qw_input_scales.pop(module, None),
+            )
+            self._qw_clips.append(result)
+            del self._qw_grams[name]
+        self._qw_last_input = (None, None)
+        self._qw_clip_s += time.perf_counter() - started
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -74,9 +196,18 @@ class AWQModifier(_StockAWQModifier):
     # -- wrapped lifecycle pieces ----------------------------------------------------------------
 
     def _apply_smoothing(self, model) -> None:
+        started = time.perf_counter()
+        try:
+            self._smooth_and_clip(model)
+        finally:
+            self._qw_smoothing_s += time.perf_counter() - started
+
+    def _smooth_and_clip(self, model) -> None:
         pending = [m for m in self._resolved_mappings if m.smooth_name in self._smooth_activation_stats]
-        if not pending:
-            return super()._apply_smoothing(model)
+        if not pending or not self._qw_capture:
+            self._smooth(model)
+            self._clip_pending()
+            return
         emitter = self._emitter()
         indices = {layer_index(m.smooth_name) for m in pending}
         self._qw_layer = min(indices) if indices else self._qw_layers_done
@@ -85,11 +216,21 @@ class AWQModifier(_StockAWQModifier):
         num_layers = max(self._qw_num_layers, self._qw_layers_done + 1)
         emitter.emit(LayerStarted, layer=self._qw_layer, num_layers=num_layers, num_mappings=len(pending),
                      eta_s=self._layers_eta(0.0))
-        super()._apply_smoothing(model)
+        self._smooth(model)
+        self._clip_pending()
         self._qw_layers_done += 1
         emitter.emit(LayerFinished, layer=self._qw_layer, num_layers=num_layers, eta_s=self._layers_eta(0.0))
 
+    def _smooth(self, model) -> None:
+        """The fast search also gets the leaner smoothing loop; the stock search keeps stock's."""
+        if self._qw_search == "fast":
+            apply_smoothing(self, model)
+        else:
+            super()._apply_smoothing(model)
+
     def _compute_best_scale(self, mapping, fp16_outputs, orig_layer_weights):
+        if not self._qw_capture:
+            return self._search(mapping, fp16_outputs, orig_layer_weights)
         emitter = self._emitter()
         x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
         act_mean = (x_sum / count).float().cpu()
@@ -104,7 +245,7 @@ class AWQModifier(_StockAWQModifier):
             smooth_layer=mapping.smooth_name,
             balance_layers=tuple(mapping.balance_names),
         )
-        scales = super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)
+        scales = self._search(mapping, fp16_outputs, orig_layer_weights)
         grid = self._get_grid_search_params()
         losses = list(self._qw_losses)
         best = min(range(len(losses)), key=lambda i: (losses[i], i))  # first minimum, as the search keeps it
@@ -140,26 +281,61 @@ class AWQModifier(_StockAWQModifier):
         self._qw_mapping += 1
         return scales
 
+    def _search(self, mapping, fp16_outputs, orig_layer_weights):
+        """The chosen scales; kept per balance layer when clipping needs its inputs after smoothing."""
+        scales = self._search_scales(mapping, fp16_outputs, orig_layer_weights)
+        if self._qw_clip == "search":
+            for layer in mapping.balance_layers:
+                self._qw_input_scales[layer] = scales
+        return scales
+
+    def _search_scales(self, mapping, fp16_outputs, orig_layer_weights):
+        """The fast search, or the stock loop (chosen, or as the fallback for this mapping)."""
+        if self._qw_search == "fast":
+            try:
+                result = search_best_scales(
+                    self,
+                    mapping,
+                    fp16_outputs,
+                    orig_layer_weights,
+                    on_points=self._on_points if self._qw_capture else None,
+                )
+            except Unsupported as why:
+                self._qw_fallbacks.append({"mapping": mapping.smooth_name, "reason": str(why)})
+                self._qw_losses = []
+                self._qw_best = float("inf")
+            else:
+                self._qw_methods[result.method] = self._qw_methods.get(result.method, 0) + 1
+                return result.best_scales
+        self._qw_methods["stock"] = self._qw_methods.get("stock", 0) + 1
+        return super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)
+
     def _compute_loss(self, fp16_outputs, int_w_outputs) -> float:
         loss = super()._compute_loss(fp16_outputs, int_w_outputs)
-        self._qw_losses.append(loss)
-        self._qw_best = min(self._qw_best, loss)
+        if self._qw_capture:
+            self._on_points([len(self._qw_losses)], [loss])
+        return loss
+
+    def _on_points(self, indices: list[int], losses: list[float]) -> None:
+        """Grid points whose losses are known: one event each (the emitter also checks for cancel)."""
         grid = self._get_grid_search_params()
         num_points = len(grid)
-        point = len(self._qw_losses) - 1
         per_layer = max(self._qw_num_mappings, 1)
-        fraction = (self._qw_mapping + (point + 1) / num_points) / per_layer
-        self._emitter().emit(
-            GridPoint,
-            layer=self._qw_layer,
-            num_layers=max(self._qw_num_layers, self._qw_layers_done + 1),
-            mapping=self._qw_mapping,
-            num_mappings=self._qw_num_mappings,
-            point=point,
-            num_points=num_points,
-            ratio=float(grid[point][0]),
-            loss=float(loss),
-            best_loss=float(self._qw_best),
-            eta_s=self._layers_eta(fraction),
-        )
-        return loss
+        emitter = self._emitter()
+        for point, loss in zip(indices, losses):
+            self._qw_losses.append(loss)
+            self._qw_best = min(self._qw_best, loss)
+            fraction = (self._qw_mapping + (point + 1) / num_points) / per_layer
+            emitter.emit(
+                GridPoint,
+                layer=self._qw_layer,
+                num_layers=max(self._qw_num_layers, self._qw_layers_done + 1),
+                mapping=self._qw_mapping,
+                num_mappings=self._qw_num_mappings,
+                point=point,
+                num_points=num_points,
+                ratio=float(grid[point][0]),
+                loss=float(loss),
+                best_loss=float(self._qw_best),
+                eta_s=self._layers_eta(fraction),
+            )

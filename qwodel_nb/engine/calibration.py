@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .errors import CalibrationDataError
-from .secrets import Secret, redact
+from .hub_errors import hub_error_message
+from .secrets import Secret, call_translating, redact
 
 LOCAL_EXTENSIONS = (".json", ".jsonl", ".txt")
 
@@ -153,6 +154,9 @@ def read_source(
             )
         return _from_file(path, ext, text_column)
     if os.path.isdir(path):
+        problem = _dataset_folder_problem(path)
+        if problem:
+            raise CalibrationDataError(f"Calibration folder {source!r} {problem}; give a dataset folder or a .json/.jsonl/.txt file.")
         return _from_hub(path, None, split, text_column, token)
     if ext in LOCAL_EXTENSIONS or os.sep in source and not _looks_like_hub(source):
         raise CalibrationDataError(f"Calibration file {source!r} does not exist; check the path.")
@@ -176,6 +180,71 @@ def is_local_source(source: Any) -> bool:
     path = os.path.expanduser(text)
     ext = os.path.splitext(path)[1].lower()
     return os.path.exists(path) or ext in LOCAL_EXTENSIONS or (os.sep in text and not _looks_like_hub(text))
+
+
+DATA_EXTENSIONS = (".json", ".jsonl", ".txt", ".csv", ".tsv", ".parquet", ".arrow")
+SPLIT_WORDS = ("train", "validation", "valid", "dev", "test", "eval", "data")
+MAX_FOLDER_ENTRIES = 2000
+
+
+def _dataset_folder_problem(path: str) -> str | None:
+    """Why ``path`` is not a dataset folder, or None when it is one.
+
+    Given a folder, ``datasets`` reads the data files its dataset card names, else those named
+    after a split, else every data file below it; a mistyped ``.``, ``..`` or ``~`` would have it
+    read a whole project, home or temporary folder. So a folder is taken only when it says it is
+    a dataset: a dataset card with a ``configs``/``dataset_info`` header, ``datasets``' own
+    metadata files, or data files (or folders) named after a split (``train.jsonl``,
+    ``data/``, ``validation/``...).
+    """
+    try:
+        with os.scandir(path) as entries:
+            names = {}
+            for i, entry in enumerate(entries):
+                if i >= MAX_FOLDER_ENTRIES:
+                    return f"holds more than {MAX_FOLDER_ENTRIES} entries, too many for a dataset folder"
+                names[entry.name] = entry.is_dir()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if {"dataset_info.json", "dataset_dict.json", "state.json"} & set(names):
+        return None
+    card = os.path.join(path, "README.md")
+    if "README.md" in names:
+        try:
+            with open(card, encoding="utf-8", errors="replace") as fh:
+                head = fh.read(8192)
+            if head.startswith("---") and ("configs:" in head or "dataset_info:" in head):
+                return None
+        except OSError:
+            pass
+
+    def split_named(name: str) -> bool:
+        stem = name.lower().rsplit(".", 1)[0]
+        return any(stem == w or stem.startswith((w + "-", w + "_", w + ".")) or stem.endswith(("-" + w, "_" + w))
+                   for w in SPLIT_WORDS)
+
+    for name, is_dir in names.items():
+        if name.startswith("."):
+            continue
+        if not is_dir and name.lower().endswith(DATA_EXTENSIONS) and split_named(name):
+            return None
+        if is_dir and split_named(name) and _holds_data_files(os.path.join(path, name)):
+            return None
+    return ("does not look like a dataset folder (no dataset card with configs, no train/validation/test data "
+            "files or folders)")
+
+
+def _holds_data_files(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            for i, entry in enumerate(entries):
+                if i >= MAX_FOLDER_ENTRIES:
+                    return False
+                if entry.name.lower().endswith(DATA_EXTENSIONS) and not entry.name.startswith("."):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def _looks_like_hub(text: str) -> bool:
@@ -309,27 +378,32 @@ def _from_hub(repo: str, subset: str | None, split: str, text_column: str | None
     except ImportError:  # pragma: no cover - a declared dependency
         raise CalibrationDataError("The 'datasets' package is needed for hub calibration data; pip install datasets.") from None
     label = repo + (f":{subset}" if subset else "")
-    try:
-        dataset = datasets.load_dataset(repo, subset, split=split, token=token.reveal() if token else None)
-    except ValueError as exc:
-        text = redact(str(exc), token)
-        if "split" in text.lower() or "Unknown split" in text:
-            raise CalibrationDataError(f"Calibration dataset {label!r} has no split {split!r}: {text.splitlines()[0][:200]}") from None
-        raise CalibrationDataError(f"Calibration dataset {label!r} cannot be loaded: {text.splitlines()[0][:200]}") from None
-    except Exception as exc:
+
+    def failed(exc: Exception) -> CalibrationDataError:
+        message = hub_error_message(label, exc, token, "Calibration dataset")
+        if message:
+            return CalibrationDataError(message)
         text = redact(str(exc), token).strip()
         first = text.splitlines()[0][:200] if text else type(exc).__name__
         lowered = text.lower()
+        if isinstance(exc, ValueError):
+            if "split" in lowered:
+                return CalibrationDataError(f"Calibration dataset {label!r} has no split {split!r}: {first}")
+            return CalibrationDataError(f"Calibration dataset {label!r} cannot be loaded: {first}")
         if "gated" in lowered or "401" in lowered or "403" in lowered:
-            raise CalibrationDataError(
+            return CalibrationDataError(
                 f"Calibration dataset {label!r} is gated or private; set HF_TOKEN or pass token=... with access."
-            ) from None
+            )
         if "config" in lowered and ("available" in lowered or "missing" in lowered):
-            raise CalibrationDataError(f"Calibration dataset {label!r}: {first}; name a subset as 'repo:subset'.") from None
-        raise CalibrationDataError(
+            return CalibrationDataError(f"Calibration dataset {label!r}: {first}; name a subset as 'repo:subset'.")
+        return CalibrationDataError(
             f"Calibration dataset {label!r} cannot be loaded ({first}); check the id and the network, "
             "or give a local .json/.jsonl/.txt file."
-        ) from None
+        )
+
+    dataset = call_translating(
+        lambda: datasets.load_dataset(repo, subset, split=split, token=token.reveal() if token else None), failed
+    )
     return _from_dataset(dataset, text_column, f"dataset {label} [{split}]")
 
 

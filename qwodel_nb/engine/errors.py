@@ -42,6 +42,14 @@ class OutputError(QwodelError):
     """The output folder exists and is not empty, or cannot be written."""
 
 
+class ResourceError(QwodelError):
+    """The machine lacks something the run needs: disk space, CPU memory or GPU memory."""
+
+
+class GpuOutOfMemoryError(ResourceError):
+    """The GPU ran out of memory even with the smallest calibration settings that were tried."""
+
+
 class StateError(QwodelError, RuntimeError):
     """An operation was asked for in a state that does not allow it."""
 

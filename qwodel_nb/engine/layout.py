@@ -49,11 +49,45 @@ class Layout:
     mappings: MappingSupport
 
 
-def mapping_support(info: ModelInfo) -> MappingSupport:
+def user_mapping_support(info: ModelInfo, given: tuple[tuple[str, tuple[str, ...]], ...]) -> MappingSupport:
+    """The AWQ mappings the user gave, after checking that every pattern names layers of this model."""
+    from llmcompressor.modifiers.transform.awq.mappings import AWQMapping
+
+    linear = [layer.name for layer in info.linear_layers]
+    mappings = []
+    for smooth, balance in given:
+        if not any(match_name(n, smooth) for n in info.module_names):
+            raise SettingsError(
+                f"AWQ mapping smooth_layer {smooth!r} matches no module of {info.class_name}; "
+                f"module names look like {_examples(info.module_names)}."
+            )
+        for pattern in balance:
+            if not any(match_name(n, pattern) for n in linear):
+                raise SettingsError(
+                    f"AWQ mapping balance layer {pattern!r} matches no Linear layer of {info.class_name}; "
+                    f"its Linear layers look like {_examples(linear)}."
+                )
+        mappings.append(AWQMapping(smooth_layer=smooth, balance_layers=list(balance)))
+    return MappingSupport(
+        source="your mappings",
+        mappings=tuple(mappings),
+        balance_patterns=tuple(p for _, balance in given for p in balance),
+        smooth_patterns=tuple(smooth for smooth, _ in given),
+    )
+
+
+def _examples(names: list[str], n: int = 3) -> str:
+    inner = [name for name in names if ".1." in f".{name}."] or names
+    return ", ".join(inner[:n]) or "(none)"
+
+
+def mapping_support(info: ModelInfo, given: tuple | None = None) -> MappingSupport:
     """The AWQ mappings llm-compressor will use for this model, or a clear error."""
     from llmcompressor.modifiers.transform.awq.dynamic_mappings import AWQ_DYNAMIC_MAPPING_REGISTRY
     from llmcompressor.modifiers.transform.awq.mappings import AWQ_MAPPING_REGISTRY, default_mappings
 
+    if given:
+        return user_mapping_support(info, given)
     name = info.class_name
     mappings = None
     source = ""
@@ -73,8 +107,9 @@ def mapping_support(info: ModelInfo) -> MappingSupport:
         else:
             raise UnsupportedModelError(
                 f"llm-compressor 0.14 has no AWQ mappings for {name} (model_type {info.model_type!r}) and its "
-                "module names do not follow the Llama layout; use a supported architecture "
-                "(Llama, Mistral, Qwen2/3, Gemma2/3, Phi3, ...)."
+                "module names do not follow the Llama layout; give the mappings yourself "
+                "(mappings=[{smooth_layer: ..., balance_layers: [...]}], CLI: --mappings FILE) "
+                "or use a supported architecture (Llama, Mistral, Qwen2/3, Gemma2/3, Phi3, ...)."
             )
     balance = tuple(p for m in mappings for p in m.balance_layers)
     smooth = tuple(m.smooth_layer for m in mappings)
@@ -168,9 +203,10 @@ def choose_group_size(quantized: list[LinearLayer], requested: int | None) -> tu
     )
 
 
-def plan_layout(info: ModelInfo, ignore: tuple[str, ...] | None, group_size: int | None) -> Layout:
+def plan_layout(info: ModelInfo, ignore: tuple[str, ...] | None, group_size: int | None,
+                mappings: tuple | None = None) -> Layout:
     """Decide ignore list, quantized layers and group size for ``info``; raise on unsafe choices."""
-    support = mapping_support(info)
+    support = mapping_support(info, mappings)
     user = ignore is not None
     ignore = tuple(ignore) if user else DEFAULT_IGNORE
     balanced = _balanced_layers(info, support)

@@ -4,14 +4,18 @@ llm-compressor logs through loguru to standard output at INFO level, and on a ma
 an accelerator repeats "No accelerator available!" many times per run. Command-line output should
 keep standard output for results, so :func:`route_library_logs` sends its records to standard
 error at the chosen level and drops that one repeated line (the plan already says the run is on
-the CPU).
+the CPU). :func:`debug_logging` (the CLI's ``--debug``) shows every library's records at DEBUG.
+Both mask tokens in what they print.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from typing import Iterator
+
+from .secrets import Secret, redact
 
 _NOISE = ("No accelerator available",)
 
@@ -30,7 +34,36 @@ def route_library_logs(level: str = "WARNING") -> None:
     def _keep(record) -> bool:
         return not any(text in record["message"] for text in _NOISE)
 
-    _handler.append(logger.add(sys.stderr, level=level.upper(), format="llm-compressor {level}: {message}", filter=_keep))
+    def _sink(message) -> None:  # the current standard error, token-shaped text masked
+        sys.stderr.write(redact(str(message)))
+
+    _handler.append(logger.add(_sink, level=level.upper(), format="llm-compressor {level}: {message}", filter=_keep))
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that masks the given secrets and anything shaped like a Hugging Face token."""
+
+    def __init__(self, fmt: str, secrets: tuple[Secret | None, ...] = ()):
+        super().__init__(fmt)
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), *self.secrets)
+
+
+def debug_logging(*secrets: Secret | None) -> None:
+    """Every library's log records at DEBUG on standard error, through one redacting handler (``--debug``)."""
+    from transformers.utils import logging as hf_logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(name)s %(levelname)s: %(message)s", secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG)
+    hf_logging.set_verbosity_debug()
+    hf_logging.disable_default_handler()  # transformers' own handler would print unredacted
+    hf_logging.enable_propagation()
+    route_library_logs("DEBUG")
 
 
 @contextlib.contextmanager

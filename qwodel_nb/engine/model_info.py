@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelNotFoundError, UnsupportedModelError
-from .secrets import Secret, redact
+from .hub_errors import hub_error_message
+from .secrets import Secret, call_translating, redact
 
 DTYPE_BYTES = {
     "F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -88,20 +89,24 @@ def load_config(source: str, token: Secret | None, trust_remote_code: bool):
             raise ModelNotFoundError(f"Model path {source!r} does not exist; give a local folder or a hub id like 'org/name'.")
     elif not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelNotFoundError(f"Model folder {source!r} has no config.json; give the folder of a Hugging Face model.")
-    try:
-        config = AutoConfig.from_pretrained(
+    config = call_translating(  # transformers raises OSError/ValueError with long texts
+        lambda: AutoConfig.from_pretrained(
             path if local else source,
             token=token.reveal() if token else None,
             trust_remote_code=trust_remote_code,
-        )
-    except Exception as exc:  # transformers raises OSError/ValueError with long texts
-        raise _config_error(source, exc, token, local) from None
+        ),
+        lambda exc: _config_error(source, exc, token, local),
+    )
     return config, local
 
 
 def _config_error(source: str, exc: Exception, token: Secret | None, local: bool) -> Exception:
     text = redact(str(exc), token)
     lowered = text.lower()
+    if not local:
+        message = hub_error_message(source, exc, token)
+        if message:
+            return ModelNotFoundError(message)
     if "trust_remote_code" in lowered or "custom code" in lowered:
         return UnsupportedModelError(
             f"Model {source!r} needs its own Python code to load; read that code, then opt in with "

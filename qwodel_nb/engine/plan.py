@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 from . import autoconfig
 from .calibration import RawCalibration, read_source
-from .errors import OutputError, SettingsError
+from .errors import OutputError, QwodelError, SettingsError
 from .layout import Layout, plan_layout
 from .model_info import ModelInfo, TORCH_DTYPE_BYTES, inspect_model
 from .output import check_output
+from .resources import RamEstimate, available_ram_bytes, check_disk, estimate_ram, free_disk_bytes
 from .secrets import Secret, resolve_token
 from .settings import Settings
 from .vram import VramReport, probe
@@ -44,6 +45,9 @@ class Plan:
     est_output_bytes: int
     est_peak_gpu_bytes: int | None
     output_note: str | None = None  # why run() would refuse this output folder, when it would
+    est_ram: RamEstimate | None = None  # host memory at most (num_samples x seq_len tokens)
+    available_ram_bytes: int | None = None
+    free_disk_bytes: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +92,8 @@ class Plan:
             "group_size": self.layout.group_size,
             "group_size_reason": self.layout.group_size_reason,
             "symmetric": self.settings.symmetric,
+            "awq_search": self.settings.awq_search,
+            "clip": self.settings.clip,
             "ignore": list(self.layout.ignore),
             "ignore_source": self.layout.ignore_source,
             "quantized_layers": len(self.layout.quantized),
@@ -97,6 +103,10 @@ class Plan:
             "output_note": self.output_note,
             "estimated_output_bytes": self.est_output_bytes,
             "estimated_peak_gpu_bytes": self.est_peak_gpu_bytes,
+            "estimated_peak_ram_bytes": self.est_ram.total if self.est_ram else None,
+            "estimated_peak_ram_parts": dict(self.est_ram.parts) if self.est_ram else None,
+            "available_ram_bytes": self.available_ram_bytes,
+            "free_disk_bytes": self.free_disk_bytes,
             "token": None if self.token is None else f"*** (from {self.token.source})",
         }
 
@@ -234,7 +244,7 @@ def make_plan(
         output, output_note = os.path.abspath(os.path.expanduser(settings.output)), exc.message
     token = resolve_token(settings.token)
     info = model_info or inspect_model(settings.model, token, settings.trust_remote_code)
-    layout = plan_layout(info, settings.ignore, settings.group_size)
+    layout = plan_layout(info, settings.ignore, settings.group_size, settings.mappings)
     vram = vram if vram is not None else probe()
     where = resolve_placement(settings, info, vram)
     device, compute_dtype, save_dtype = where.device, where.compute_dtype, where.save_dtype
@@ -253,12 +263,22 @@ def make_plan(
         available_samples=len(raw),
     )
     est_out = estimate_output_bytes(info, layout, settings.symmetric, save_dtype)
+    free_disk = None
+    if output is not None:
+        free_disk = free_disk_bytes(output)
+        if output_note is None:
+            try:
+                check_disk(output, est_out)
+            except QwodelError as exc:
+                if require_output:
+                    raise
+                output_note = exc.message
     peak = None
     if device == "cuda":
         peak = estimate_peak_gpu(
             info, placement, compute_dtype, calibration.batch_size.value, calibration.seq_len.value, calibration.num_samples.value
         )
-    return Plan(
+    plan = Plan(
         settings=settings,
         token=token,
         output_path=output,
@@ -276,4 +296,9 @@ def make_plan(
         calibration=calibration,
         est_output_bytes=est_out,
         est_peak_gpu_bytes=peak,
+        free_disk_bytes=free_disk,
+        available_ram_bytes=available_ram_bytes(),
     )
+    # An upper bound: every sample at seq_len tokens. run() checks again with the real token count.
+    plan.est_ram = estimate_ram(plan, plan.num_samples * plan.seq_len, plan.batch_size * plan.seq_len)
+    return plan

@@ -8,7 +8,8 @@ estimated from the work done so far.
 Order within a run: ``PhaseStarted("calibration_data")``, ``PhaseStarted("load_model")``... then
 ``PhaseStarted("awq")``, for each decoder layer ``LayerStarted`` -> for each of its mappings
 ``MappingStarted`` -> ``GridPoint`` x G -> ``MappingFinished`` -> ``LayerFinished``, then
-``PhaseFinished("awq")``, ``PhaseStarted("save")``..., and finally ``RunFinished``.
+``PhaseFinished("awq")``, ``PhaseStarted("save")``..., and finally ``RunFinished``. When the GPU
+runs out of memory, ``OutOfMemoryRetry`` says which setting was lowered and the phases start again.
 """
 
 from __future__ import annotations
@@ -89,6 +90,18 @@ class MappingFinished(Event):
 
 
 @dataclass(frozen=True)
+class OutOfMemoryRetry(Event):
+    """The GPU ran out of memory; the run starts again with one setting lowered (see backoff.py)."""
+
+    attempt: int  # the attempt that failed, 1-based
+    phase: str
+    setting: str  # batch_size, placement, seq_len or num_samples
+    old: Any
+    new: Any
+    message: str
+
+
+@dataclass(frozen=True)
 class RunFinished(Event):
     output_path: str
 
@@ -130,3 +143,11 @@ def eta(elapsed_s: float, done: float, total: float) -> float | None:
     if done <= 0 or total <= done:
         return 0.0 if total and done >= total else None
     return elapsed_s * (total - done) / done
+
+
+def report_retries(event: Event) -> None:
+    """A listener for callers without a progress display: each back-off step as a line on standard error."""
+    if isinstance(event, OutOfMemoryRetry):
+        import sys
+
+        print(f"qwodel: {event.message}", file=sys.stderr, flush=True)

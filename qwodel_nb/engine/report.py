@@ -34,16 +34,38 @@ def format_plan(plan: Plan) -> str:
         f"{plan.layout.group_size} ({plan.layout.group_size_reason})",
         f"layers       {len(plan.layout.quantized)} quantized; kept in 16 bits: {', '.join(plan.layout.skipped) or 'none'}",
         f"ignore       {', '.join(plan.layout.ignore)} ({plan.layout.ignore_source})",
-        f"AWQ mappings {plan.layout.mappings.source}",
+        f"AWQ mappings {plan.layout.mappings.source}; scale search: {plan.settings.awq_search}; clip: {plan.settings.clip}",
         f"output       {plan.output_path} (about {format_bytes(plan.est_output_bytes)}, from {format_bytes(m.weight_bytes)})",
     ]
     if plan.output_note:
         lines.append(f"warning      {plan.output_note}")
     if plan.est_peak_gpu_bytes is not None:
         lines.append(f"peak GPU     about {format_bytes(plan.est_peak_gpu_bytes)} (estimate)")
+    ram = ram_text(plan)
+    if ram:
+        lines.append(f"CPU memory   {ram}")
     if plan.token is not None:
         lines.append(f"token        *** (from {plan.token.source})")
     return "\n".join(lines)
+
+
+def ram_text(plan: Plan) -> str | None:
+    """Host memory the plan needs at most, against what is available; None if not estimated."""
+    if plan.est_ram is None:
+        return None
+    text = f"at most {plan.est_ram.describe()}"
+    if plan.available_ram_bytes is not None:
+        text += f"; {format_bytes(plan.available_ram_bytes)} available"
+        if plan.est_ram.total > plan.available_ram_bytes:
+            text += " (may not fit: checked again with the real token count before any weight is loaded)"
+    return text
+
+
+def backoff_text(steps: list) -> str | None:
+    """The out-of-memory back-off steps of a run, in one line; None if there were none."""
+    if not steps:
+        return None
+    return "; ".join(f"{s['setting']} {s['old']} -> {s['new']}" for s in steps) + " (after running out of GPU memory)"
 
 
 def format_result(result: RunResult) -> str:
@@ -60,6 +82,9 @@ def format_result(result: RunResult) -> str:
     if result.peak_gpu_bytes is not None:
         lines.append(f"peak GPU     {format_bytes(result.peak_gpu_bytes)}")
     lines.append(f"peak RAM     {format_bytes(result.peak_rss_bytes)}")
+    backoff = backoff_text(result.backoff)
+    if backoff:
+        lines.append(f"backed off   {backoff}")
     return "\n".join(lines)
 
 

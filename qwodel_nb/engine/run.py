@@ -8,6 +8,8 @@ the tokenizer, the recipe and a summary; move the folder into place.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import platform
 import resource
@@ -17,14 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from .awq import build_recipe, run_oneshot
+from .backoff import LAYERED, WHOLE, Sizes, apply_step, exhausted_message, first_sentence, next_step, out_of_memory
 from .calibration import CalibrationSet, tokenize
-from .errors import ModelNotFoundError, UnsupportedModelError
-from .output import STATS_NAME, SUMMARY_NAME, folder_bytes, staged_output, write_json
+from .errors import GpuOutOfMemoryError, ModelNotFoundError, QwodelError, RunCancelled, UnsupportedModelError
+from .output import STATS_NAME, SUMMARY_NAME, folder_bytes, staged_output, test_point, write_json
 from .plan import Plan
-from .progress import Emitter, Listener, PhaseFinished, PhaseStarted, RunFinished
-from .secrets import redact
+from .progress import Emitter, Listener, OutOfMemoryRetry, PhaseFinished, PhaseStarted, RunFinished
+from .release import release
+from .resources import check_ram, estimate_ram
+from .secrets import call_translating, redact
 from .stats import Stats
 from .versions import library_versions
+
+log = logging.getLogger("qwodel_nb.engine")
 
 
 @dataclass
@@ -38,6 +45,7 @@ class RunResult:
     peak_rss_bytes: int
     summary: dict = field(repr=False)
     stats: Stats = field(default_factory=Stats, repr=False)
+    backoff: list[dict] = field(default_factory=list)  # out-of-memory back-off steps (backoff.Step.as_dict)
 
     @property
     def compression_ratio(self) -> float:
@@ -47,18 +55,21 @@ class RunResult:
 def load_tokenizer(plan: Plan) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(
+    def failed(exc: Exception) -> ModelNotFoundError:
+        text = redact(str(exc), plan.token).strip().splitlines()
+        return ModelNotFoundError(
+            f"Could not load the tokenizer of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__}); "
+            "the model folder needs its tokenizer files."
+        )
+
+    return call_translating(
+        lambda: AutoTokenizer.from_pretrained(
             _model_ref(plan),
             token=plan.token.reveal() if plan.token else None,
             trust_remote_code=plan.settings.trust_remote_code,
-        )
-    except Exception as exc:
-        text = redact(str(exc), plan.token).strip().splitlines()
-        raise ModelNotFoundError(
-            f"Could not load the tokenizer of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__}); "
-            "the model folder needs its tokenizer files."
-        ) from None
+        ),
+        failed,
+    )
 
 
 def prepare_calibration(plan: Plan, tokenizer: Any) -> CalibrationSet:
@@ -87,13 +98,16 @@ def load_model(plan: Plan) -> Any:
     }
     if plan.placement.startswith("whole model on GPU"):
         kwargs["device_map"] = "cuda:0"
-    try:
-        return AutoModelForCausalLM.from_pretrained(_model_ref(plan), **kwargs)
-    except (OSError, ValueError) as exc:
+
+    def failed(exc: Exception) -> BaseException:
+        if not isinstance(exc, (OSError, ValueError)):
+            return exc  # out of memory and the like: handled by the caller as they are
         text = redact(str(exc), plan.token).strip().splitlines()
-        raise UnsupportedModelError(
+        return UnsupportedModelError(
             f"Could not load the weights of {plan.model.source!r} ({text[0][:160] if text else type(exc).__name__})."
-        ) from None
+        )
+
+    return call_translating(lambda: AutoModelForCausalLM.from_pretrained(_model_ref(plan), **kwargs), failed)
 
 
 def _peak_rss_bytes() -> int:
@@ -107,17 +121,21 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
 
     from .awq_capture import AWQModifier
 
+    awq_cls: Any = AWQModifier
+    if plan.layout.mappings.source == "your mappings":
+        awq_cls = functools.partial(AWQModifier, mappings=list(plan.layout.mappings.mappings))
     recipe = build_recipe(
         group_size=plan.layout.group_size,
         symmetric=plan.settings.symmetric,
         ignore=plan.layout.ignore,
-        awq_cls=AWQModifier,
+        awq_cls=awq_cls,
+        clip=plan.settings.clip,
     )
-    capture = recipe[0].observe(emitter, plan.model.num_layers)
+    capture = recipe[0].observe(emitter, plan.model.num_layers, search=plan.settings.awq_search, clip=plan.settings.clip)
     run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
     if plan.save_dtype != plan.compute_dtype:
         model.to(getattr(torch, plan.save_dtype))
-    return Stats(capture.records)
+    return Stats(capture.records, search=capture.search_summary, clips=capture.clips)
 
 
 def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float, stats: Stats) -> tuple[str, int]:
@@ -133,7 +151,9 @@ def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: 
         # the weights are on the CPU or GPU already and the warning asks nothing of the user.
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
         model.save_pretrained(tmp, save_compressed=True)
+        test_point("weights")
         tokenizer.save_pretrained(tmp)
+        test_point("tokenizer")
         stats.to_json(os.path.join(tmp, STATS_NAME))
         size_after = folder_bytes(tmp, ".safetensors")
         before = summary["sizes"]["before_bytes"]
@@ -145,8 +165,31 @@ def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: 
     return plan.output_path, size_after
 
 
+class _Attempt:
+    """Where one attempt is and what it really ran with, for the back-off after it fails."""
+
+    def __init__(self, number: int):
+        self.number = number
+        self.phase = "calibration_data"
+        self.sizes: Sizes | None = None
+
+
+def _placement_kind(plan: Plan) -> str | None:
+    if plan.device == "cpu":
+        return None
+    return WHOLE if plan.placement.startswith("whole model") else LAYERED
+
+
+def _sizes(plan: Plan, calibration: CalibrationSet | None) -> Sizes:
+    if calibration is None:
+        return Sizes(plan.batch_size, plan.seq_len, plan.num_samples, _placement_kind(plan))
+    longest = max(calibration.lengths, default=plan.seq_len)
+    return Sizes(calibration.batch_size, min(plan.seq_len, longest), calibration.num_samples, _placement_kind(plan))
+
+
 @contextlib.contextmanager
-def _phase(emitter: Emitter, timings: dict[str, float], name: str) -> Iterator[None]:
+def _phase(emitter: Emitter, timings: dict[str, float], name: str, attempt: _Attempt) -> Iterator[None]:
+    attempt.phase = name
     t = time.perf_counter()
     emitter.emit(PhaseStarted, phase=name)
     yield
@@ -159,25 +202,62 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
 
     ``cancel`` (a ``threading.Event``) stops the run at the next event once set, raising
     :class:`~qwodel_nb.engine.errors.RunCancelled`; nothing is left in the output's place.
+    When the GPU runs out of memory the run starts again with one setting lowered
+    (:mod:`~qwodel_nb.engine.backoff`), each step sent as an ``OutOfMemoryRetry`` event, logged and
+    kept in the summary; after any failure the memory the attempt held is given back.
     """
+    emitter = Emitter(listeners, cancel)
+    steps: list = []
+    tokenizers: dict[str, Any] = {}
+    number = 0
+    while True:
+        number += 1
+        attempt = _Attempt(number)
+        try:
+            return _attempt(plan, emitter, attempt, steps, tokenizers)
+        except BaseException as exc:
+            interrupted = isinstance(exc, (KeyboardInterrupt, RunCancelled))
+            oom = None if interrupted else out_of_memory(exc)
+            release(exc, keep_text=not (interrupted or oom is not None or isinstance(exc, QwodelError)))
+            if oom is None:
+                raise
+            tried = attempt.sizes or _sizes(plan, None)
+            error = first_sentence(oom)
+            step = next_step(tried, attempt.phase, number, error)
+            if step is None:
+                raise GpuOutOfMemoryError(exhausted_message(tried, attempt.phase, steps, error)) from None
+            steps.append(step)
+            log.warning("qwodel: %s", step.message())
+            plan = apply_step(plan, step)
+            emitter.emit(OutOfMemoryRetry, attempt=number, phase=step.phase, setting=step.setting,
+                         old=step.old, new=step.new, message=step.message())
+
+
+def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, tokenizers: dict) -> RunResult:
     import torch
 
-    emitter = Emitter(listeners, cancel)
     timings: dict[str, float] = {}
     started = emitter.started
     if plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    with _phase(emitter, timings, "calibration_data"):
-        tokenizer = load_tokenizer(plan)
+    with _phase(emitter, timings, "calibration_data", attempt):
+        if "tokenizer" not in tokenizers:
+            tokenizers["tokenizer"] = load_tokenizer(plan)
+        tokenizer = tokenizers["tokenizer"]
         calibration = prepare_calibration(plan, tokenizer)
-    with _phase(emitter, timings, "load_model"):
+        attempt.sizes = _sizes(plan, calibration)
+        longest = max(calibration.lengths, default=0)
+        # The last check before any weight is loaded: host memory for the real token count.
+        check_ram(estimate_ram(plan, calibration.total_tokens, calibration.batch_size * longest))
+    with _phase(emitter, timings, "load_model", attempt):
         model = load_model(plan)
-    with _phase(emitter, timings, "awq"):
+    with _phase(emitter, timings, "awq", attempt):
         stats = quantize_model(plan, model, tokenizer, calibration, emitter)
 
     peak_gpu = torch.cuda.max_memory_allocated() if plan.device == "cuda" else None
     calibration_summary = calibration.summary()
+    backoff = [s.as_dict() for s in steps]
     summary = {
         "tool": "qwodel-nb",
         "backend": "awq",
@@ -190,15 +270,17 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
         "timings": timings,
         "sizes": {"before_bytes": plan.model.weight_bytes},
         "peak_gpu_bytes": peak_gpu,
+        "attempts": attempt.number,
+        "backoff": backoff,
         "versions": library_versions(),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    attempt.phase = "save"
     emitter.emit(PhaseStarted, phase="save")
     path, size_after = save_output(plan, model, tokenizer, summary, started, stats)
     emitter.emit(PhaseFinished, phase="save", duration_s=timings["save_s"])
     del model
-    if plan.device == "cuda":
-        torch.cuda.empty_cache()
+    release()  # llm-compressor's session still holds the model; give its memory back now
     emitter.emit(RunFinished, output_path=path)
     return RunResult(
         output_path=path,
@@ -210,4 +292,5 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
         peak_rss_bytes=_peak_rss_bytes(),
         summary=summary,
         stats=stats,
+        backoff=backoff,
     )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 _MASK = "***"
 # Hugging Face user access tokens start with "hf_"; scrub anything that looks like one too.
@@ -75,3 +78,17 @@ def redact(text: str, *secrets: Secret | None) -> str:
         if secret is not None:
             text = text.replace(secret.reveal(), _MASK)
     return _TOKEN_PATTERN.sub(_MASK, text)
+
+
+def call_translating(call: Callable[[], T], translate: Callable[[Exception], BaseException]) -> T:
+    """``call()``; if it fails, raise ``translate(exc)`` with no link back to the library's exception.
+
+    Library exceptions can quote a token (a server echoing credentials, a URL with a query). An
+    exception raised inside an ``except`` block keeps the handled one as ``__context__`` even with
+    ``from None``, where a debugger or an error reporter finds it; raised after the block, it has none.
+    """
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - every library failure becomes one of our messages
+        error = translate(exc)
+    raise error

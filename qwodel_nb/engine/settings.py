@@ -21,6 +21,8 @@ SUPPORTED_BACKENDS = ("awq",)
 SUPPORTED_FORMATS = ("int4",)
 SUPPORTED_GROUP_SIZES = (128, 64, 32)
 SUPPORTED_DTYPES = ("auto", "bfloat16", "float16", "float32")
+AWQ_SEARCHES = ("fast", "stock")  # qwodel's scale search, or llm-compressor's own loop
+CLIP_MODES = ("search", "observer", "none")  # weight clipping after smoothing; see engine/awq_clip.py
 DEFAULT_CALIBRATION = "wikitext:wikitext-2-raw-v1"
 
 # Accepted spellings -> canonical field name.
@@ -36,6 +38,7 @@ ALIASES = {
     "max_seq_length": "seq_len",
     "num_calibration_samples": "num_samples",
     "hf_token": "token",
+    "search": "awq_search",
 }
 
 
@@ -55,6 +58,7 @@ class Settings:
     seq_len: int | None = None
     num_samples: int | None = None
     ignore: tuple[str, ...] | None = None
+    mappings: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # AWQ (smooth layer, balance layers)
     group_size: int | None = None
     symmetric: bool = False
     trust_remote_code: bool = False
@@ -62,6 +66,8 @@ class Settings:
     dtype: str = "auto"
     overwrite: bool = False
     seed: int = 0
+    awq_search: str = "fast"
+    clip: str = "search"
 
     def replace(self, **changes: Any) -> "Settings":
         """A new validated Settings with ``changes`` applied (aliases accepted)."""
@@ -78,6 +84,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "calibration_dataset":
                 value = describe_calibration_source(value)
+            elif f.name == "mappings" and value is not None:
+                value = [{"smooth_layer": smooth, "balance_layers": list(balance)} for smooth, balance in value]
             elif isinstance(value, tuple):
                 value = list(value)
             out[f.name] = value
@@ -173,15 +181,55 @@ def _ignore(value: Any) -> tuple[str, ...] | None:
             "'ignore' must be a list of module names or 're:' patterns, "
             'for example ["lm_head", "re:.*vision_tower.*"].'
         )
-    import re
+    return tuple(_pattern("ignore", v) for v in value)
 
-    for pattern in value:
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise SettingsError(f"'ignore' pattern {pattern!r} is not a valid regular expression: {exc}.") from None
-    return tuple(v.strip() for v in value)
+
+def _pattern(name: str, pattern: Any) -> str:
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise SettingsError(f"'{name}' patterns must be module names or 're:' patterns (text), not {pattern!r}.")
+    pattern = pattern.strip()
+    if pattern.startswith("re:"):
+        import re
+
+        try:
+            re.compile(pattern[3:])
+        except (re.error, OverflowError, RecursionError) as exc:
+            raise SettingsError(f"'{name}' pattern {pattern!r} is not a valid regular expression: {exc}.") from None
+    return pattern
+
+
+MAPPINGS_EXAMPLE = (
+    'for example [{"smooth_layer": "re:.*self_attn_layer_norm$", '
+    '"balance_layers": ["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"]}]'
+)
+
+
+def _mappings(value: Any) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """AWQ mappings as ``((smooth_layer, (balance_layer, ...)), ...)``, from dicts or pairs."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SettingsError(f"'mappings' must be a non-empty list of AWQ mappings, {MAPPINGS_EXAMPLE}.")
+    out = []
+    for item in value:
+        if isinstance(item, dict):
+            unknown = set(item) - {"smooth_layer", "balance_layers"}
+            if unknown or "smooth_layer" not in item or "balance_layers" not in item:
+                raise SettingsError(
+                    f"Each AWQ mapping needs exactly the keys 'smooth_layer' and 'balance_layers', got {sorted(map(str, item))}; "
+                    f"{MAPPINGS_EXAMPLE}."
+                )
+            smooth, balance = item["smooth_layer"], item["balance_layers"]
+        elif isinstance(item, (list, tuple)) and len(item) == 2:
+            smooth, balance = item
+        else:
+            raise SettingsError(f"'mappings' entries must be mappings with smooth_layer and balance_layers, {MAPPINGS_EXAMPLE}.")
+        if isinstance(balance, str):
+            balance = [balance]
+        if not isinstance(balance, (list, tuple)) or not balance:
+            raise SettingsError(f"'balance_layers' of an AWQ mapping must be a non-empty list of patterns, {MAPPINGS_EXAMPLE}.")
+        out.append((_pattern("mappings", smooth), tuple(_pattern("mappings", b) for b in balance)))
+    return tuple(out)
 
 
 def _device(value: Any) -> str:
@@ -255,6 +303,20 @@ def make_settings(**options: Any) -> Settings:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SettingsError(f"'seed' must be a whole number, not {seed!r}.")
 
+    awq_search = _text("awq_search", opts.get("awq_search", "fast")).lower()
+    if awq_search not in AWQ_SEARCHES:
+        raise SettingsError(
+            f"awq_search {awq_search!r} is not known; use 'fast' (the default: same choices, much faster) "
+            "or 'stock' (llm-compressor's own grid search loop)."
+        )
+
+    clip = _text("clip", opts.get("clip", "search")).lower()
+    if clip not in CLIP_MODES:
+        raise SettingsError(
+            f"clip {clip!r} is not known; use 'search' (the default: output-aware clipping search), "
+            "'observer' (llm-compressor's MSE weight observer) or 'none'."
+        )
+
     return Settings(
         model=_text("model", opts["model"]),
         output=_text("output", opts.get("output"), allow_none=True),
@@ -268,6 +330,7 @@ def make_settings(**options: Any) -> Settings:
         seq_len=_positive_int("seq_len", opts.get("seq_len"), minimum=8),
         num_samples=_positive_int("num_samples", opts.get("num_samples")),
         ignore=_ignore(opts.get("ignore")),
+        mappings=_mappings(opts.get("mappings")),
         group_size=group_size,
         symmetric=_bool("symmetric", opts.get("symmetric", False)),
         trust_remote_code=_bool("trust_remote_code", opts.get("trust_remote_code", False)),
@@ -275,4 +338,6 @@ def make_settings(**options: Any) -> Settings:
         dtype=dtype,
         overwrite=_bool("overwrite", opts.get("overwrite", False)),
         seed=seed,
+        awq_search=awq_search,
+        clip=clip,
     )

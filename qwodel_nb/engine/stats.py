@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -49,6 +50,39 @@ def summarize(values: Any) -> dict[str, float]:
     for q, v in zip(SUMMARY_QUANTILES, np.quantile(arr, SUMMARY_QUANTILES)):
         out[f"q{int(q * 100):02d}"] = float(v)
     return out
+
+
+@dataclass
+class ClipRecord:
+    """The clipping search on one Linear layer: chosen ratios and the output error they remove."""
+
+    name: str
+    layer: int
+    mean_ratio: float  # average over the layer's weight groups (1.0: nothing clipped)
+    clipped_share: float  # share of groups whose range was shrunk
+    error_before: float  # per-group output error with the plain min-max range, per output element
+    error_after: float
+
+    @property
+    def reduction(self) -> float:
+        """error after / error before (1.0: clipping found nothing better)."""
+        return self.error_after / self.error_before if self.error_before > 0 else 1.0
+
+    @classmethod
+    def from_result(cls, result: Any) -> "ClipRecord":
+        match = re.search(r"\.(\d+)\.", f".{result.name}.")
+        return cls(result.name, int(match.group(1)) if match else -1, result.mean_ratio, result.clipped_share,
+                   result.error_before, result.error_after)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "layer": self.layer,
+            "mean_ratio": self.mean_ratio,
+            "clipped_share": self.clipped_share,
+            "error_before": self.error_before,
+            "error_after": self.error_after,
+        }
 
 
 @dataclass
@@ -145,8 +179,12 @@ class MappingRecord:
 class Stats:
     """The records of one run, in the order AWQ resolved them."""
 
-    def __init__(self, records: Iterable[MappingRecord] = ()):
+    def __init__(self, records: Iterable[MappingRecord] = (), search: dict | None = None, clips: Iterable[Any] = ()):
         self.records: list[MappingRecord] = list(records)
+        #: how the grid search ran: "fast" or "stock", method counts, mappings handed to stock
+        self.search: dict = dict(search or {})
+        #: one record per Linear layer the clipping search treated (``clip="search"``)
+        self.clips: list[ClipRecord] = [c if isinstance(c, ClipRecord) else ClipRecord.from_result(c) for c in clips]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -173,7 +211,13 @@ class Stats:
         return [r.as_dict(vectors=vectors) for r in self.records]
 
     def to_json(self, path: str | None = None, vectors: bool = False) -> str:
-        text = json.dumps({"version": 1, "mappings": self.to_records(vectors=vectors)}, indent=1, allow_nan=True)
+        payload = {
+            "version": 1,
+            "search": self.search,
+            "mappings": self.to_records(vectors=vectors),
+            "clips": [c.as_dict() for c in self.clips],
+        }
+        text = json.dumps(payload, indent=1, allow_nan=True)
         if path is not None:
             with open(path, "w", encoding="utf-8") as fh:
                 fh.write(text + "\n")
@@ -185,7 +229,12 @@ class Stats:
         if not text_or_path.lstrip().startswith("{"):
             with open(text_or_path, encoding="utf-8") as fh:
                 text = fh.read()
-        return cls(MappingRecord.from_dict(d) for d in json.loads(text)["mappings"])
+        data = json.loads(text)
+        return cls(
+            (MappingRecord.from_dict(d) for d in data["mappings"]),
+            search=data.get("search"),
+            clips=[ClipRecord(**c) for c in data.get("clips", [])],
+        )
 
     def to_csv(self, path: str | None = None) -> str:
         rows = [r.flat() for r in self.records]
@@ -217,11 +266,20 @@ class Stats:
             "layers": len(self.layers),
             "mean_reduction": sum(reductions) / len(reductions) if reductions else float("nan"),
             "identity_chosen": sum(r.best_ratio == 0.0 and not r.duo_scaling for r in self.records),
+            "search": self.search,
+            "clipped_layers": len(self.clips),
+            "mean_clip_error_reduction": (
+                sum(c.reduction for c in self.clips) / len(self.clips) if self.clips else None
+            ),
         }
 
     def __repr__(self) -> str:
         o = self.overview()
         if not o["mappings"]:
             return "Stats(0 mappings)"
+        clipping = ""
+        if self.clips:
+            clipping = (f"; clipping on {len(self.clips)} layers removed "
+                        f"{100 * (1 - o['mean_clip_error_reduction']):.1f}% of their output error")
         return (f"Stats({o['mappings']} mappings over {o['layers']} layers, mean loss AWQ/RTN "
-                f"{o['mean_reduction']:.3f}, identity kept for {o['identity_chosen']})")
+                f"{o['mean_reduction']:.3f}, identity kept for {o['identity_chosen']}{clipping})")

@@ -52,6 +52,7 @@ class Panel:
         self.valid = False
         self._last_options: dict[str, Any] | None = None
         self.listener: ProgressListener | None = None
+        self._check_failure = ""  # a validation that crashed, shown under the buttons until one passes
 
         self.form = SettingsForm()
         self.vram_tab = VramTab()
@@ -135,15 +136,23 @@ class Panel:
         self._last_options = options
         errors = field_errors(options)
         changed = False
-        if not errors:
-            try:
+        try:
+            if not errors:
                 changed = self._apply(options)
-            except QwodelError as exc:
-                errors["model"] = exc.message
-        if not errors and self.session is not None:
-            errors.update(session_errors(self.session))
-            if changed or force:
-                self._refresh_hints(model_ok="model" not in errors)
+            if not errors and self.session is not None:
+                errors.update(session_errors(self.session))
+                if changed or force:
+                    self._refresh_hints(model_ok="model" not in errors)
+        except QwodelError as exc:  # e.g. a run started from code holds the session
+            errors.setdefault("model", exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug, reported as one line instead of a traceback
+            self._check_failure = one_line(exc, options.get("token"))
+            self._say(self._check_failure)
+            errors.setdefault("model", "This model could not be checked; see the message below.")
+        else:
+            if self._check_failure:  # the last check's failure is gone with the change that fixed it
+                self._check_failure = ""
+                self._say("")
         self.form.show_errors({name: self._redact(text) for name, text in errors.items()})
         self.valid = not errors
         self._sync_buttons()

@@ -17,12 +17,13 @@ from typing import Any, Callable
 import ipywidgets as w
 
 from ..engine.secrets import Secret
-from ..engine.settings import DEFAULT_CALIBRATION, SUPPORTED_GROUP_SIZES, describe_calibration_source
+from ..engine.settings import DEFAULT_CALIBRATION, SUPPORTED_GROUP_SIZES, Settings, describe_calibration_source
 from .common import COLORS, FIELD_WIDTH, LABEL_WIDTH, label, message_html, show
 
 #: the settings the form edits, in the order of their rows; other settings pass through unchanged
 FORM_FIELDS = ("model", "output", "calibration_dataset", "calibration_split", "num_samples", "seq_len",
-               "batch_size", "group_size", "ignore", "symmetric", "text_column", "overwrite", "token")
+               "batch_size", "group_size", "ignore", "symmetric", "clip", "awq_search", "text_column", "overwrite",
+               "token")
 AUTO_FIELDS = ("num_samples", "seq_len", "batch_size")
 
 
@@ -59,6 +60,8 @@ class TextRow(Row):
         return text or None
 
     def load(self, value: Any) -> None:
+        if isinstance(value, (list, tuple)):  # the ignore list: names and patterns, comma separated
+            value = ", ".join(map(str, value))
         self.control.value = "" if value is None else str(value)
 
 
@@ -99,6 +102,21 @@ class CheckRow(Row):
 
     def load(self, value: Any) -> None:
         self.control.value = bool(value)
+
+
+class ChoiceRow(Row):
+    """One of a few fixed values (the engine's own names), the default first."""
+
+    def __init__(self, name: str, title: str, options: list[tuple[str, str]]):
+        self.default = options[0][1]
+        super().__init__(name, title, w.Dropdown(options=options, value=self.default, layout=w.Layout(width="360px")))
+
+    def value(self) -> str:
+        return self.control.value
+
+    def load(self, value: Any) -> None:
+        text = self.default if value is None else str(value)
+        self.control.value = text if text in [v for _, v in self.control.options] else self.default
 
 
 class GroupSizeRow(Row):
@@ -234,6 +252,11 @@ class SettingsForm:
             GroupSizeRow(),
             TextRow("ignore", "ignore", "module names or re: patterns, comma separated (empty: lm_head and router gates)"),
             CheckRow("symmetric", "symmetric", "symmetric 4-bit weights (no zero points)"),
+            ChoiceRow("clip", "clipping", [("search: per-group ranges chosen by output error", "search"),
+                                           ("observer: llm-compressor's MSE weight observer", "observer"),
+                                           ("none: plain min-max ranges", "none")]),
+            ChoiceRow("awq_search", "scale search", [("fast: same choices as llm-compressor's, faster", "fast"),
+                                                     ("stock: llm-compressor's own loop", "stock")]),
             TextRow("text_column", "text column", "detected when empty", width="200px"),
             CheckRow("overwrite", "overwrite", "replace a non-empty output folder"),
             TokenRow(),
@@ -271,25 +294,24 @@ class SettingsForm:
             for name, row in self.rows.items():
                 if name in values:
                     row.load(values[name])
-            if any(values.get(n) not in (None, False) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite")):
+            if any(values.get(n) not in (None, False) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite")) \
+                    or values.get("clip", "search") != "search" or values.get("awq_search", "fast") != "fast":
                 self.advanced.selected_index = 0
         finally:
             self._quiet = False
 
     def options(self) -> dict[str, Any]:
         """Session options from the fields; a text field left empty means the engine's default."""
-        out: dict[str, Any] = {}
-        for name, row in self.rows.items():
-            value = row.value()
-            if value is None and name in ("calibration_dataset", "calibration_split", "symmetric", "overwrite"):
-                continue  # the engine's default: wikitext, "train", False
-            out[name] = value
+        out = {name: row.value() for name, row in self.rows.items()}
+        if out["calibration_split"] is None:  # None means the default for every other setting, not for this one
+            out["calibration_split"] = Settings.calibration_split
         return out
 
     def show_errors(self, errors: dict[str, str]) -> None:
         for name, row in self.rows.items():
             row.set_message(errors.get(name, ""))
-        if any(errors.get(n) for n in ("group_size", "ignore", "symmetric", "text_column", "overwrite", "token")):
+        if any(errors.get(n) for n in ("group_size", "ignore", "symmetric", "clip", "awq_search", "text_column", "overwrite",
+                                       "token")):
             self.advanced.selected_index = 0  # an error must not hide in a closed section
 
     def errors(self) -> dict[str, str]:

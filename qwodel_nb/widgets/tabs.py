@@ -19,7 +19,8 @@ import ipywidgets as w
 from .common import COLORS, message_html, show
 
 PLOT_KINDS = (("overview", "overview"), ("scales per layer", "scales"), ("best grid ratio", "ratios"),
-              ("round-to-nearest vs AWQ loss", "losses"), ("grid search of the worst layer", "grid"))
+              ("round-to-nearest vs AWQ loss", "losses"), ("grid search of the worst layer", "grid"),
+              ("weight clipping per layer", "clip"))
 
 
 def _note(text: str) -> str:

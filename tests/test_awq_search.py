@@ -1,0 +1,247 @@
+"""The fast AWQ scale search against llm-compressor 0.14's own loop: same quantizer, same losses, same choices.
+
+Everything here is real: compressed-tensors quantizes, llm-compressor runs AWQ on small Llama
+models built locally, on the CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwodel_nb.engine import awq_search
+from qwodel_nb.engine.awq_search import candidate_forwards, candidate_scales, quantize_candidates, repeat_batch
+
+
+def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, group_size: int, symmetric: bool):
+    """A Linear carrying the W4A16 scheme the way llm-compressor's QuantizationModifier leaves it."""
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=False)).to(dtype)
+    with torch.no_grad():
+        model[0].weight.normal_(0, 0.05)
+        model[0].weight[:, 3] *= 12  # an outlier column, as AWQ meets them
+    scheme = preset_name_to_scheme("W4A16" if symmetric else "W4A16_ASYM", ["Linear"])
+    scheme.weights.group_size = group_size
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
+    return model[0]
+
+
+def _stock_candidate(layer, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """What llm-compressor's grid search puts into the layer for one point (its own code path)."""
+    from compressed_tensors.quantization import forward_quantize
+    from compressed_tensors.utils import patch_attrs
+    from llmcompressor.modifiers.quantization.calibration import observe, update_qparams
+    from llmcompressor.observers.base import Observer
+
+    args = layer.quantization_scheme.weights
+    observer = Observer.load_from_registry("memoryless_minmax", base_name="weight", args=args)
+    with patch_attrs([layer], "weight_observer", [observer]):
+        view = scales.view(1, -1)
+        layer.weight.data.copy_(weight * view)
+        layer.weight_observer.delete_statistics(check_fused=False)
+        observe([layer], "weight")
+        update_qparams([layer], "weight", only_update_onload=True)
+        result = (forward_quantize(layer, layer.weight, "weight", args) / view).to(layer.weight.dtype)
+    layer.weight.data.copy_(weight)
+    return result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_stacked_quantization_is_bit_identical_to_the_observer_path(dtype, symmetric):
+    layer = _quantized_linear(128, 48, dtype, group_size=64, symmetric=symmetric)
+    weight = layer.weight.detach().clone()
+    x_mean = torch.rand(128) + 0.05
+    x_mean[3] = 9.0
+    w_mean = weight.abs().float().mean(0)
+    grid = [(0.0, False)] + [(i / 18, True) for i in range(19)]
+    scales = candidate_scales(x_mean, w_mean, grid)
+
+    ours = quantize_candidates(layer, weight, scales, layer.quantization_scheme.weights)
+
+    assert ours.shape == (20, 48, 128) and ours.dtype == dtype
+    for i in range(20):
+        stock = _stock_candidate(layer, weight, scales[i])
+        assert torch.equal(ours[i], stock), f"grid point {i} differs"
+    assert torch.equal(layer.weight, weight)  # quantize_candidates never touches the layer
+    assert not torch.equal(ours[0], ours[10])  # the points really are different candidates
+
+
+def test_candidate_scales_follow_the_stock_formula():
+    x_mean = torch.tensor([0.5, 2.0, 8.0, 0.0])
+    w_mean = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    scales = candidate_scales(x_mean, w_mean, [(0.0, False), (0.5, True), (1.0, True)])
+    assert torch.allclose(scales[0], torch.ones(4))  # identity: every channel scaled by 1
+    duo = (x_mean.pow(0.5) / (w_mean.pow(0.5) + 1e-4)).clamp(min=1e-4)
+    duo = duo / (duo.max() * duo.min()).sqrt()
+    assert torch.allclose(scales[1], duo)
+    assert torch.isfinite(scales).all()
+
+
+def _attention_inputs(batch: int, seq: int, hidden: int, heads: int, kv_heads: int):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         intermediate_size=2 * hidden, num_hidden_layers=1, vocab_size=64)
+    config._attn_implementation = "eager"
+    torch.manual_seed(1)
+    attention = LlamaAttention(config, layer_idx=0).eval()
+    hidden_states = torch.randn(batch, seq, hidden)
+    position_ids = torch.arange(seq).unsqueeze(0).expand(batch, -1)
+    cos, sin = LlamaRotaryEmbedding(config)(hidden_states, position_ids)
+    mask = torch.full((seq, seq), float("-inf")).triu(1).view(1, 1, seq, seq).expand(batch, 1, seq, seq).contiguous()
+    return attention, {"hidden_states": hidden_states, "position_embeddings": (cos, sin), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_grid_batched_attention_equals_one_pass_per_point(batch):
+    """q/k/v with per-point weights over a g-fold batch give each point's own outputs."""
+    attention, arguments = _attention_inputs(batch, seq=7, hidden=32, heads=4, kv_heads=2)
+    layers = [attention.q_proj, attention.k_proj, attention.v_proj]
+    g = 4
+    torch.manual_seed(2)
+    weights = {layer: layer.weight.detach() + 0.01 * torch.randn(g, *layer.weight.shape) for layer in layers}
+
+    expanded, b = repeat_batch(arguments, g)
+    assert b == batch
+    with torch.no_grad(), candidate_forwards(weights, g):
+        together = attention(**expanded)[0]
+    assert together.shape == (g * batch, 7, 32)
+
+    for i in range(g):
+        one = {layer: w[i : i + 1] for layer, w in weights.items()}
+        with torch.no_grad(), candidate_forwards(one, 1):
+            alone = attention(**arguments)[0]
+        assert torch.allclose(together.view(g, batch, 7, 32)[i], alone, atol=1e-5)
+    assert "forward" not in attention.q_proj.__dict__  # the temporary forward is gone
+
+
+def test_repeat_batch_leaves_broadcast_and_one_dimensional_arguments_alone():
+    args = {"x": torch.zeros(2, 5, 3), "mask": torch.zeros(1, 1, 5, 5), "positions": torch.arange(2), "flag": True}
+    out, batch = repeat_batch(args, 3)
+    assert batch == 2
+    assert out["x"].shape == (6, 5, 3)
+    assert out["mask"].shape == (1, 1, 5, 5)  # broadcasts over the batch
+    assert out["positions"].shape == (2,)  # one-dimensional: never taken for a batch
+    assert out["flag"] is True
+    with pytest.raises(awq_search.Unsupported):
+        repeat_batch({"x": torch.zeros(4)}, 2)
+
+
+def test_points_per_pass_is_bounded_by_the_largest_batch():
+    cpu = torch.device("cpu")
+    assert awq_search.points_per_pass(20, 4096, cpu) == 1  # batches already hold the token floor
+    assert awq_search.points_per_pass(20, 512, cpu) == 8  # 4096 // 512
+    assert awq_search.points_per_pass(20, 10, cpu) == 20  # never more than the grid
+    assert awq_search.points_quantized_together(20, 10**4, cpu) == 20  # small layers: all candidates at once
+    assert awq_search.points_quantized_together(20, 2 * 10**6, cpu) == 8  # 256 MiB // (2M elements * 16 bytes)
+    assert awq_search.points_quantized_together(20, 10**9, cpu) == 1
+
+
+def test_gram_loss_equals_the_direct_output_error():
+    """sum((E G) * E) / (N * out) is the mean squared output error of a Linear."""
+    torch.manual_seed(3)
+    x = torch.randn(300, 16, dtype=torch.float64)
+    w = torch.randn(8, 16, dtype=torch.float64)
+    wq = w + 0.05 * torch.randn_like(w)
+    direct = ((x @ wq.T - x @ w.T) ** 2).mean()
+    e = wq - w
+    gram = x.T @ x
+    assert torch.allclose(((e @ gram) * e).sum() / (300 * 8), direct)
+    assert awq_search._gram_is_cheaper(tokens=8192, in_features=1536, out_features=576, num_points=20)
+    assert not awq_search._gram_is_cheaper(tokens=512, in_features=1536, out_features=576, num_points=20)
+
+
+# -- whole runs through llm-compressor ----------------------------------------------------------------
+
+
+def _awq_run(model_dir: str, texts: list[str], search: str, listeners=(), cancel=None, seq_len: int = 48, batch_size: int = 4):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qwodel_nb.engine.awq import build_recipe, run_oneshot
+    from qwodel_nb.engine.awq_capture import AWQModifier
+    from qwodel_nb.engine.calibration import RawCalibration, tokenize
+    from qwodel_nb.engine.progress import Emitter
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    calibration = tokenize(RawCalibration(list(texts), "text", None, "test"), tokenizer,
+                           seq_len=seq_len, num_samples=8, batch_size=batch_size)
+    recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier)
+    recipe[0].observe(Emitter(listeners, cancel), model.config.num_hidden_layers, search=search)
+    run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
+    return model, recipe[0]
+
+
+@pytest.mark.parametrize("batch_size", [4, 1])
+def test_fast_search_makes_the_stock_choices(tiny_llama, calibration_texts, batch_size):
+    stock_model, stock = _awq_run(tiny_llama, calibration_texts, "stock", batch_size=batch_size)
+    fast_model, fast = _awq_run(tiny_llama, calibration_texts, "fast", batch_size=batch_size)
+
+    assert fast.search_summary["methods"].get("stock", 0) == 0 and not fast.search_summary["stock_fallbacks"]
+    assert stock.search_summary["methods"] == {"stock": len(stock.records)}
+    assert fast.search_summary["methods"].get("gram", 0) + fast.search_summary["methods"].get("forward", 0) == len(fast.records)
+    assert len(stock.records) == len(fast.records) > 0
+    for s, f in zip(stock.records, fast.records):
+        assert s.smooth_layer == f.smooth_layer
+        assert len(f.grid_losses) == len(s.grid_losses) == 20
+        assert f.best_ratio == s.best_ratio and f.duo_scaling == s.duo_scaling
+        for a, b in zip(s.grid_losses, f.grid_losses):
+            assert b == pytest.approx(a, rel=1e-4, abs=1e-12)
+
+    stock_state, fast_state = stock_model.state_dict(), fast_model.state_dict()
+    for name, tensor in stock_state.items():
+        if tensor.is_floating_point():
+            assert torch.allclose(fast_state[name], tensor, rtol=1e-4, atol=1e-6), name
+
+
+def test_fast_search_hands_unsupported_mappings_to_stock(tiny_llama, calibration_texts, monkeypatch):
+    """A mapping the fast path cannot reproduce is searched by the stock loop, and said so."""
+    real = awq_search.search_best_scales
+
+    def refuse_attention(modifier, mapping, *args, **kwargs):
+        if mapping.smooth_name.endswith("input_layernorm"):
+            raise awq_search.Unsupported("test: attention parent refused")
+        return real(modifier, mapping, *args, **kwargs)
+
+    monkeypatch.setattr("qwodel_nb.engine.awq_capture.search_best_scales", refuse_attention)
+    _, fast = _awq_run(tiny_llama, calibration_texts, "fast")
+    summary = fast.search_summary
+    assert summary["methods"]["stock"] == 2  # one attention mapping per layer, two layers
+    assert {f["reason"] for f in summary["stock_fallbacks"]} == {"test: attention parent refused"}
+    assert all(len(r.grid_losses) == 20 for r in fast.records)
+
+
+def test_cancel_stops_the_fast_search_within_a_grid_chunk(tiny_llama, calibration_texts):
+    import threading
+
+    from qwodel_nb.engine.errors import RunCancelled
+    from qwodel_nb.engine.progress import GridPoint
+
+    cancel = threading.Event()
+    seen = []
+
+    def listener(event):
+        if isinstance(event, GridPoint):
+            seen.append(event)
+            if len(seen) == 3:
+                cancel.set()
+
+    with pytest.raises(RunCancelled):
+        _awq_run(tiny_llama, calibration_texts, "fast", listeners=[listener], cancel=cancel)
+    # on a CPU losses are reported per chunk of points; the next report after the request stops it
+    assert 3 <= len(seen) <= 3 + 20
+
+
+def test_linear_parents_searched_by_forward_passes_match_stock(tiny_llama, calibration_texts, monkeypatch):
+    """down_proj as its own parent, without the Gram shortcut (what bf16 models get): stock choices."""
+    monkeypatch.setattr(awq_search, "_gram_is_cheaper", lambda *a: False)
+    _, stock = _awq_run(tiny_llama, calibration_texts, "stock")
+    _, fast = _awq_run(tiny_llama, calibration_texts, "fast")
+    assert fast.search_summary["methods"] == {"forward": len(fast.records)}
+    for s, f in zip(stock.records, fast.records):
+        assert f.best_ratio == s.best_ratio
+        assert f.grid_losses == pytest.approx(s.grid_losses, rel=1e-4)
