@@ -5,8 +5,9 @@ CUDA's caching allocator raises a real ``torch.OutOfMemoryError`` once a run nee
 is simulated. On SmolLM2-135M-Instruct (``--gguf``, converted once to a Hugging Face folder by
 ``qwodel_nb.engine.offline_models.gguf_to_folder``) and generated English text:
 
-A. back-off: a Session asked for batch_size 16, seq_len 1024, num_samples 32, under caps tried
-   from the largest down until the first attempt runs out of memory and a later one finishes.
+A. back-off: a Session asked for batch_size 16, seq_len 1024, num_samples 32, under a cap of
+   1536 MiB, then (if that run needed no back-off, or nothing fitted) under caps halfway towards
+   what fitted or did not, until the first attempt runs out of memory and a later one finishes.
    Recorded per cap: the back-off steps (events and summary), the settings the run finished with,
    the measured peak, the output folder complete.
 B. exhausted: a cap too small for anything (8 MiB): the run steps through every setting and stops
@@ -109,12 +110,16 @@ def _leftovers(folder: str) -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.startswith(".qwodel")) if os.path.isdir(folder) else []
 
 
-def scenario_backoff(gpu, model: str, work: str, texts: list[str], caps_mib: list[int], sizes: dict) -> dict:
+def scenario_backoff(gpu, model: str, work: str, texts: list[str], first_cap_mib: int, sizes: dict,
+                     max_tries: int = 6) -> dict:
+    """Search the cap (geometric bisection) until a run backs off and finishes; every try recorded."""
     from qwodel_nb import GpuOutOfMemoryError, Session
     from qwodel_nb.engine import progress as ev
 
     tries = []
-    for cap in caps_mib:
+    loose, tight = 64 * 1024, 16  # MiB: a cap that surely fits everything, one that surely fits nothing
+    cap = first_cap_mib
+    for _ in range(max_tries):
         out = os.path.join(work, f"backoff-{cap}")
         shutil.rmtree(out, ignore_errors=True)
         events: list = []
@@ -139,8 +144,13 @@ def scenario_backoff(gpu, model: str, work: str, texts: list[str], caps_mib: lis
         tries.append(record)
         if record["finished"] and record["steps"]:
             break  # the first attempt failed and a later one finished: the proof
-        if not record["finished"]:
-            break  # too small a cap for any setting: smaller ones will not do better
+        if record["finished"]:
+            loose = cap  # nothing ran out of memory: a smaller cap next
+        else:
+            tight = cap  # nothing fitted: a larger cap next
+        cap = int((loose * tight) ** 0.5)
+        if cap in (loose, tight):
+            break
     return {"tries": tries}
 
 
@@ -246,7 +256,8 @@ def main() -> int:
     parser.add_argument("--model", help="a Hugging Face model folder instead of --gguf")
     parser.add_argument("--workdir", default="/root/qwodel-oom")
     parser.add_argument("--out", default=".")
-    parser.add_argument("--caps-mib", default="1536,1024,768,512,384", help="caps for scenario A, largest first")
+    parser.add_argument("--cap-mib", type=int, default=1536,
+                        help="first cap for scenario A; then halfway (geometric) towards what fitted or did not")
     parser.add_argument("--exhausted-cap-mib", type=int, default=8)
     parser.add_argument("--sizes", default="16,1024,32", help="batch_size,seq_len,num_samples asked for in A and B")
     parser.add_argument("--cpu-rehearsal", action="store_true",
@@ -276,7 +287,7 @@ def main() -> int:
         "total_bytes": gpu.total,
         "versions": library_versions(),
         "sizes": sizes,
-        "backoff": scenario_backoff(gpu, model, args.workdir, texts, [int(c) for c in args.caps_mib.split(",")], sizes),
+        "backoff": scenario_backoff(gpu, model, args.workdir, texts, args.cap_mib, sizes),
         "exhausted": scenario_exhausted(gpu, model, args.workdir, texts, args.exhausted_cap_mib, sizes),
         "interrupt": scenario_interrupt(gpu, model, args.workdir, texts, sizes),
     }

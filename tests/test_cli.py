@@ -130,6 +130,9 @@ def test_interrupted_run_leaves_nothing(signame, tiny_llama, tmp_path, calibrati
         QWODEL + ["quantize", tiny_llama, "--output", str(tmp_path / "out"), "--calibration-dataset", calibration_file,
                   "--num-samples", "48", "--seq-len", "128"],  # long enough that the signal lands inside the search
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        # a test run started in the background (nohup, `&`) passes SIGINT on as ignored, and Python
+        # then never turns it into KeyboardInterrupt; the child gets the default back, as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = ""
     deadline = time.time() + 300
