@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="held-out perplexity of stock AWQ vs qwodel, with clipping")
     parser.add_argument("--case", choices=["tiny-cpu", "smollm2-cpu", "smollm2-gpu"], required=True)
     parser.add_argument("--sizes", default="16,64,128")
-    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--seq-len", type=int, help="tokens per sample (default: 64 for tiny-cpu, 512 otherwise)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--gguf")
@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     defaults = awq_speed.CASES[args.case]
     args.device = defaults["device"]
+    args.seq_len = args.seq_len or (defaults["seq_len"] if args.case == "tiny-cpu" else 512)
     args.batch_size = args.batch_size or defaults["batch_size"]
     args.save = False
     args.layers = 32
@@ -117,7 +118,8 @@ def main(argv=None) -> dict:
                 variant = "stock" if variant == "stock-awq" else "fast"
                 run = awq_speed.run_variant(variant, args, folder, tokenizer, calib, texts, clip=clip or "none")
                 results[row] = {"row": row, "perplexity": run["perplexity"], "awq_s": run["awq_s"],
-                                "clip_s": (run["search"] or {}).get("clip_s"), "peak_bytes": run["peak_bytes"]}
+                                "clip_s": (run["search"] or {}).get("clip_s"),
+                                "smoothing_s": (run["search"] or {}).get("smoothing_s"), "peak_bytes": run["peak_bytes"]}
             table["sizes"][size] = results
     closed(table)
     path = os.path.join(args.results_dir, f"awq_quality_{args.case}.json")
@@ -145,14 +147,16 @@ def markdown(table: dict) -> str:
         "unquantized: " + (f"{b['unquantized']['perplexity']:.3f}" if "unquantized" in b else "n/a")
         + "; round-to-nearest: " + (f"{b['rtn']['perplexity']:.3f}" if "rtn" in b else "n/a"),
         "",
-        "| samples | row | perplexity | gap to unquantized closed vs stock | AWQ phase (s) | of which clipping (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| samples | row | perplexity | gap to unquantized closed vs stock | AWQ phase (s) | of which clipping (s) | AWQ phase / fast's |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size, results in table["sizes"].items():
         for r in results.values():
             gap = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:+.1f}%"
             clip = "" if not r.get("clip_s") else f"{r['clip_s']:.1f}"
-            lines.append(f"| {size} | {r['row']} | {r['perplexity']:.3f} | {gap} | {r['awq_s']:.1f} | {clip} |")
+            fast = results.get("fast", {}).get("awq_s")
+            ratio = f"{r['awq_s'] / fast:.2f}" if fast and r["row"].startswith("fast") else ""
+            lines.append(f"| {size} | {r['row']} | {r['perplexity']:.3f} | {gap} | {r['awq_s']:.1f} | {clip} | {ratio} |")
     return "\n".join(lines)
 
 

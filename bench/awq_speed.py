@@ -121,8 +121,14 @@ def calibration(args, folder: str, tokenizer):
     if args.case == "tiny-cpu":
         from qwodel_nb.engine.demo import generate_text
 
-        ids = tokenizer(" ".join(generate_text(400, seed=21)), add_special_tokens=False)["input_ids"]
-        windows = [ids[i : i + args.seq_len] for i in range(0, args.samples * args.seq_len, args.seq_len)]
+        needed = args.samples * args.seq_len
+        paragraphs = 400  # more when the windows need them; the first 400 stay the same text
+        while True:
+            ids = tokenizer(" ".join(generate_text(paragraphs, seed=21)), add_special_tokens=False)["input_ids"]
+            if len(ids) >= needed:
+                break
+            paragraphs *= 2
+        windows = [ids[i : i + args.seq_len] for i in range(0, needed, args.seq_len)]
     else:
         from corpus import calibration_windows
 
