@@ -18,7 +18,11 @@ IW7_PKGS  := ipywidgets==7.7.1 widgetsnbextension==3.6.10 jupyterlab_widgets==1.
              ipykernel==6.17.1 jupyter_client==7.4.9 jupyter_core==5.9.1 tornado==6.6.1 pyzmq==27.3.0 \
              nest_asyncio==1.6.0 entrypoints==0.4.2 platformdirs==4.14.8
 
-.PHONY: demo test test-widgets7 install clean
+# The tutorial notebooks under nbval: outputs compared after notebooks/nbval_sanitize.cfg's substitutions,
+# each kernel offline on one thread (notebooks/conftest.py). `make notebooks` refreshes their stored outputs.
+NBVAL := -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+.PHONY: demo test test-widgets7 test-notebooks test-browser test-binder notebooks install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +40,29 @@ $(IW7_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(IW7) $(IW7_PKGS)
 	touch $@
 
-# Every test under the venv's ipywidgets 8, then the panel's tests under ipywidgets 7.7.1.
+# Every test under the venv's ipywidgets 8, then the panel's tests under ipywidgets 7.7.1, the
+# notebooks under nbval, the panel in JupyterLab in headless Chromium, and the binder environment.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not browser and not binder"
 	$(MAKE) --no-print-directory test-widgets7
+	$(MAKE) --no-print-directory test-notebooks
+	$(MAKE) --no-print-directory test-browser
+	$(MAKE) --no-print-directory test-binder
+
+test-notebooks: $(STAMP)
+	$(BIN)/python -m pytest $(NBVAL) notebooks/
+
+test-browser: $(STAMP)
+	$(BIN)/python -m pytest -m browser tests/browser
+
+test-binder: $(STAMP)
+	$(BIN)/python -m pytest -m binder tests/binder
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 test-widgets7: $(IW7_STAMP)
 	PYTHONPATH=$(abspath $(IW7)) QWODEL_EXPECT_IPYWIDGETS=7.7.1 $(BIN)/python -m pytest tests/test_panel.py
 
 clean:
-	rm -rf $(VENV) $(IW7) qwodel-demo
+	rm -rf $(VENV) $(IW7) qwodel-demo notebooks/work build/browser
