@@ -64,7 +64,7 @@ def model_and_texts(args) -> tuple[str, object, list[str] | None]:
         return folder, generate_text(200, seed=21), generate_text(40, seed=22)
     import awq_speed
 
-    ns = argparse.Namespace(case=args.case, gguf=args.gguf, layers=32)
+    ns = argparse.Namespace(case=args.case, gguf=args.gguf, layers=args.layers)
     folder = awq_speed.model_folder(ns, args.workdir)  # llama8b: built on GPU 0 and saved, before any launch
     calibration = os.path.join(args.data, "bench_calibration.txt")
     heldout = [open(os.path.join(args.data, "heldout.txt"), encoding="utf-8").read()] if args.case == "smollm2-gpu" else None
@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="AWQ on one GPU against N GPUs (torchrun), same case")
     parser.add_argument("--case", choices=sorted(CASES), required=True)
     parser.add_argument("--gpus", type=int, default=2, help="N, the processes of the distributed run")
+    parser.add_argument("--layers", type=int, default=32, help="llama8b-gpu: decoder layers kept")
     parser.add_argument("--samples", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--batch-size", type=int)
