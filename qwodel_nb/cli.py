@@ -65,6 +65,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="search", choices=("search", "observer", "none"),
                    help="weight clipping after smoothing: search (default; per-group ranges chosen "
                         "by output error), observer (llm-compressor's MSE observer) or none")
+    p.add_argument("--gpus", default=1, metavar="N",
+                   help="calibrate on N GPUs, one process each under torchrun (default 1)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (only for repositories you trust)")
 
@@ -109,6 +111,7 @@ def _settings_from(args: argparse.Namespace, *, need_output: bool) -> Any:
         "trust_remote_code": args.trust_remote_code,
         "awq_search": args.awq_search,
         "clip": args.clip,
+        "gpus": args.gpus,
     }
     if args.calibration_dataset is not None:
         options["calibration_dataset"] = args.calibration_dataset

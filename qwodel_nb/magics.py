@@ -46,7 +46,8 @@ HELP = f"""\
     The cell body is YAML: one 'key: value' per line with the Quantizer/Session option names
     (model, output, calibration_dataset or calibration, calibration_split, text_column, num_samples,
     seq_len, batch_size, group_size, symmetric, ignore, mappings, dtype, device, seed, trust_remote_code,
-    overwrite, awq_search, clip; eval_text for --evaluate). {{name}} inserts the notebook variable `name`.
+    overwrite, awq_search, clip, gpus; eval_text for --evaluate). {{name}} inserts the notebook variable `name`.
+    gpus: N calibrates on N GPUs, one process each under torchrun; progress and results show here as usual.
     Shows VRAM headroom, the plan and a calibration preview, runs AWQ with live progress, then the
     statistics overview and the result. VAR is bound to the Session. An empty body re-runs the
     current session.

@@ -43,6 +43,7 @@ def test_every_alias_maps_to_its_field(alias, canonical):
         "seq_len": 256,
         "num_samples": 16,
         "token": TOKEN,
+        "gpus": 3,
         "awq_search": "stock",
     }
     options = {"model": "org/model"} if canonical != "model" else {}

@@ -66,11 +66,67 @@ def cpu_pin_memory_workaround() -> Iterator[bool]:
         IntermediatesCache.pin_memory = original
 
 
+@contextlib.contextmanager
+def distributed_workarounds() -> Iterator[bool]:
+    """Fit llm-compressor 0.14's distributed calibration to qwodel's workers, for one run.
+
+    llm-compressor expects rank 0 alone to load the weights (``load_offloaded_model``) and the
+    other ranks to share them through distributed offload caches. qwodel's workers each load the
+    whole model instead (on their own GPU, or in their own host memory), so:
+
+    * offload caches stay local to each process (``OffloadCache.cls_from_device`` returns the
+      one-process class): no shared host memory written by several ranks, no collective per
+      weight update, and rank 0 can save alone after the process group is closed;
+    * ``QuantizationModifier`` observes every module's weights on every rank (its
+      ``is_distributed`` is false for the run) instead of one rank per module and a broadcast:
+      the weight parameters are data-free and identical on every rank, and the broadcast would
+      skip modules executing on the CPU and miss modules offloaded to it;
+    * without an accelerator (the gloo rehearsal), ``awq.base._allreduce_data_sum`` (stock search
+      only) is replaced by :func:`qwodel_nb.engine.ranks.all_reduce`: it assumes an accelerator.
+
+    The activation sums and losses of AWQ and of the clipping search are still all-reduced.
+    Outside a distributed run nothing is changed. Yields whether active.
+    """
+    import torch
+
+    from .ranks import all_reduce, is_distributed
+
+    if not is_distributed():
+        yield False
+        return
+    from compressed_tensors.offload.cache.base import OffloadCache
+    from llmcompressor.modifiers.quantization.quantization import base as quant_base
+    from llmcompressor.modifiers.transform.awq import base as awq_base
+
+    original_cls = OffloadCache.__dict__["cls_from_device"]
+    local_classes = {}
+
+    def cls_from_device(cls, device=None):
+        from compressed_tensors.offload.cache.cpu import CPUCache
+        from compressed_tensors.offload.cache.device import DeviceCache
+        from compressed_tensors.offload.cache.disk import DiskCache
+
+        kind = torch.device(device).type if device != "disk" else "disk"
+        local_classes.setdefault(kind, 0)
+        return {"cpu": CPUCache, "disk": DiskCache}.get(kind, DeviceCache)
+
+    saved = (awq_base._allreduce_data_sum, quant_base.is_distributed)
+    OffloadCache.cls_from_device = classmethod(cls_from_device)
+    quant_base.is_distributed = lambda: False
+    if not torch.accelerator.is_available():
+        awq_base._allreduce_data_sum = lambda data: all_reduce(list(data))
+    try:
+        yield True
+    finally:
+        OffloadCache.cls_from_device = original_cls
+        awq_base._allreduce_data_sum, quant_base.is_distributed = saved
+
+
 def run_oneshot(model: Any, tokenizer: Any, dataloader: Any, recipe: list) -> None:
     """Calibrate ``model`` in place with ``recipe`` over ``dataloader`` (batches already formed)."""
     from llmcompressor import oneshot
 
-    with cpu_pin_memory_workaround():
+    with cpu_pin_memory_workaround(), distributed_workarounds():
         oneshot(
             model=model,
             processor=tokenizer,

@@ -33,7 +33,7 @@ from pydantic import PrivateAttr
 
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
-from .awq_search import Unsupported, search_best_scales
+from .awq_search import Unsupported, _allreduce, search_best_scales
 from .awq_smoothing import apply_smoothing
 from .progress import Emitter, GridPoint, LayerFinished, LayerStarted, MappingFinished, MappingStarted, eta
 from .stats import MappingRecord, summarize
@@ -163,21 +163,35 @@ class AWQModifier(_StockAWQModifier):
 
         return hook
 
-    def _clip_pending(self) -> None:
-        """Clip every layer whose inputs were recorded in this subgraph, then free the records."""
-        if not self._qw_grams:
+    def _clip_pending(self, model=None) -> None:
+        """Clip every layer whose inputs were recorded in this subgraph, then free the records.
+
+        In a distributed run the Gram matrices and token counts are summed over the ranks, and
+        the layers are taken in one order for all ranks (a rank that saw no token for a layer,
+        an unused expert say, takes part with an empty Gram matrix), so every rank makes the
+        same collective calls and chooses the same clip ranges.
+        """
+        from .awq_search import _allreduce
+        from .ranks import is_distributed, union_of_names
+
+        names = union_of_names(list(self._qw_grams)) if is_distributed() else list(self._qw_grams)
+        if not names:
             return
         started = time.perf_counter()
-        for name, (module, accumulator) in list(self._qw_grams.items()):
-            from .awq_search import _allreduce
-
+        for name in names:
+            entry = self._qw_grams.get(name)
+            if entry is None:  # only in a distributed run: this rank saw no input for the layer
+                module = model.get_submodule(name)
+                entry = (module, GramAccumulator(module.in_features, module.quantization_scheme.weights.group_size,
+                                                 module.weight.device))
+            module, accumulator = entry
             gram, tokens = _allreduce([accumulator.gram, torch.tensor(accumulator.tokens, device=accumulator.gram.device)])
             result = search_clip(
                 name, module, gram, int(tokens), module.quantization_scheme.weights,
                 input_scales=self._qw_input_scales.pop(module, None),
             )
             self._qw_clips.append(result)
-            del self._qw_grams[name]
+            self._qw_grams.pop(name, None)
         self._qw_last_input = (None, None)
         self._qw_clip_s += time.perf_counter() - started
 
@@ -206,7 +220,7 @@ class AWQModifier(_StockAWQModifier):
         pending = [m for m in self._resolved_mappings if m.smooth_name in self._smooth_activation_stats]
         if not pending or not self._qw_capture:
             self._smooth(model)
-            self._clip_pending()
+            self._clip_pending(model)
             return
         emitter = self._emitter()
         indices = {layer_index(m.smooth_name) for m in pending}
@@ -217,7 +231,7 @@ class AWQModifier(_StockAWQModifier):
         emitter.emit(LayerStarted, layer=self._qw_layer, num_layers=num_layers, num_mappings=len(pending),
                      eta_s=self._layers_eta(0.0))
         self._smooth(model)
-        self._clip_pending()
+        self._clip_pending(model)
         self._qw_layers_done += 1
         emitter.emit(LayerFinished, layer=self._qw_layer, num_layers=num_layers, eta_s=self._layers_eta(0.0))
 
@@ -233,7 +247,8 @@ class AWQModifier(_StockAWQModifier):
             return self._search(mapping, fp16_outputs, orig_layer_weights)
         emitter = self._emitter()
         x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
-        act_mean = (x_sum / count).float().cpu()
+        x_sum, count = _allreduce([x_sum, count])  # all ranks' tokens: the same record on every rank
+        act_mean = (x_sum / count.to(x_sum.device)).float().cpu()
         self._qw_losses = []
         self._qw_best = float("inf")
         emitter.emit(

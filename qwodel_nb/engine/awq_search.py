@@ -55,6 +55,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .ranks import agree_min, agree_sum
+
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
 FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
 #: share of the memory already allocated on the GPU that the candidate weights of a chunk may take
@@ -257,13 +259,14 @@ def _loss_masks() -> list | None:
 
 
 def _allreduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    from compressed_tensors.offload.dist_utils import is_distributed
+    """Sums over all ranks of a distributed run (new tensors); the tensors themselves otherwise.
 
-    if not is_distributed():
-        return tensors
-    from llmcompressor.modifiers.transform.awq.base import _allreduce_data_sum
+    Not llm-compressor's ``_allreduce_data_sum``: that one assumes an accelerator (it fails on a
+    CPU under gloo) and reduces in place whatever is already on the device.
+    """
+    from .ranks import all_reduce
 
-    return _allreduce_data_sum(tensors)
+    return all_reduce(tensors)
 
 
 def gpu_working_budget(device: torch.device) -> int:
@@ -361,7 +364,8 @@ def search_best_scales(
         # Only in float32: the stock loss compares outputs rounded to the model's dtype, and in
         # bf16/fp16 that rounding is part of what it measures (large activations make it matter);
         # the Gram form computes the exact error instead and would choose differently.
-        tokens = sum(_first(b).numel() // _first(b).shape[-1] for b in batches)
+        # every rank must take the same branch (each calls collectives): decide on all ranks' tokens
+        tokens = int(agree_sum(sum(_first(b).numel() // _first(b).shape[-1] for b in batches)))
         out_f, in_f = parent.weight.shape
         if _gram_is_cheaper(tokens, in_f, out_f, num_points):
             losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
@@ -415,10 +419,11 @@ def _forward_losses(
     live: bool,
 ) -> tuple[list[float], int]:
     num_points = scales.shape[0]
-    batch_tokens = max(_first(b).numel() // _first(b).shape[-1] for b in batches)
+    batch_tokens = max((_first(b).numel() // _first(b).shape[-1] for b in batches), default=1)
     per_point = sum(orig_layer_weights[layer].numel() for layer in quantized)
     q_max = points_quantized_together(num_points, per_point, device)
-    g_max = min(q_max, points_per_pass(num_points, batch_tokens, device))
+    # the chunk size sets how many times the losses are all-reduced when read live: one for all ranks
+    g_max = int(agree_min(min(q_max, points_per_pass(num_points, batch_tokens, device))))
 
     sums = torch.zeros(num_points, dtype=torch.float32, device=device)
     elements = torch.zeros((), dtype=torch.int64, device=device)

@@ -13,6 +13,9 @@ context and the hook switch once for all mappings of the subgraph:
 3. multiply the balance layers' input columns by the scales and divide the smooth layer's output
    (its weight rows and bias) by them;
 4. free the mapping's caches; at the end check that every cached activation was used.
+
+In a distributed run the decision to skip a mapping is taken from all ranks' outputs, so that
+the ranks never disagree on which mappings call the (collective) search.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from .ranks import agree_all, agree_any
 
 
 @torch.no_grad()
@@ -40,10 +45,12 @@ def apply_smoothing(modifier: Any, model: torch.nn.Module) -> None:
                 cache.pin_memory(batch_index)
             with align_modules([parent, mapping.smooth_layer, *mapping.balance_layers]):
                 reference = modifier._run_samples(parent)
-                if not reference or all(r.numel() == 0 for r in reference):
+                # In a distributed run every rank must skip or search together (the search calls
+                # collectives): a mapping is skipped when no rank has outputs, or any has NaN/inf.
+                if agree_all(not reference or all(r.numel() == 0 for r in reference)):
                     del modifier._smooth_activation_stats[mapping.smooth_name]
                     continue
-                if not all(bool(r.isfinite().all()) for r in reference):
+                if agree_any(not all(bool(r.isfinite().all()) for r in reference)):
                     from loguru import logger
 
                     logger.warning(

@@ -110,12 +110,21 @@ class CalibrationSet:
             "dropped_by_batching": self.batch_dropped_tokens,
         }
 
-    def dataloader(self):
-        """A torch DataLoader yielding ``input_ids``/``attention_mask`` batches, as described above."""
+    def rank_batches(self, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+        """The batches one process of a distributed run calibrates on: every ``world_size``-th batch.
+
+        The batches are those a one-process run forms (longest first), dealt out in turn, so the
+        ranks together see exactly the tokens a one-process run sees, in similar amounts.
+        """
+        return self.batches()[rank::world_size]
+
+    def dataloader(self, rank: int = 0, world_size: int = 1):
+        """A torch DataLoader yielding ``input_ids``/``attention_mask`` batches, as described above
+        (in a distributed run, this rank's share: :meth:`rank_batches`)."""
         import torch
         from torch.utils.data import DataLoader
 
-        batches = self.batches()
+        batches = self.rank_batches(rank, world_size)
         samples = self.samples
 
         def collate(indices: list[int]) -> dict:

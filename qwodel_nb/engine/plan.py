@@ -50,6 +50,18 @@ class Plan:
     free_disk_bytes: int | None = None
 
     @property
+    def gpus(self) -> int:
+        """Processes (one GPU each) the run uses; more than one runs under torchrun."""
+        return self.settings.gpus
+
+    @property
+    def gpus_used(self) -> tuple:
+        """The GPUs the run calibrates on (torch's indices), with what NVML read of each."""
+        if self.device != "cuda":
+            return ()
+        return tuple(self.vram.gpus[: self.gpus])
+
+    @property
     def batch_size(self) -> int:
         return self.calibration.batch_size.value
 
@@ -87,6 +99,9 @@ class Plan:
                 {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "free_bytes": g.free_bytes}
                 for g in self.vram.gpus
             ],
+            "processes": self.gpus,
+            "gpus_used": [g.index for g in self.gpus_used],
+            "samples_per_process": -(-self.num_samples // self.gpus),
             "calibration": self.calibration.as_dict()
             | {"source": self.raw_calibration.description, "usable_rows": len(self.raw_calibration)},
             "group_size": self.layout.group_size,
@@ -156,27 +171,35 @@ def estimate_output_bytes(info: ModelInfo, layout: Layout, symmetric: bool, save
     return q_bytes + (info.param_count - q_params) * per
 
 
-def gpu_headroom(vram: VramReport, info: ModelInfo, device: str, compute_dtype: str) -> tuple[int | None, str, str]:
+def gpu_headroom(
+    vram: VramReport, info: ModelInfo, device: str, compute_dtype: str, gpus: int = 1
+) -> tuple[int | None, str, str]:
+    """Headroom of the calibration GPU; with several GPUs, of the one with the least free memory
+    among those used (each process holds its own copy of the weights and calibrates alike)."""
     if device == "cpu":
         why = vram.reason or "no GPU"
-        return None, f"no GPU ({why}): CPU row of the table", "CPU"
-    gpu = vram.calibration_gpu()
-    if gpu is None:  # torch sees a GPU that NVML cannot read (rare); assume nothing is known
+        return None, f"no GPU ({why}): CPU row of the table", "CPU" if gpus == 1 else f"CPU, {gpus} processes"
+    used = vram.gpus[:gpus]
+    if not used or len(used) < gpus:  # torch sees GPUs that NVML cannot read (rare); assume nothing is known
         return None, "GPU memory unreadable through NVML: CPU row of the table", "GPU, weights on CPU, one layer on the GPU at a time"
+    gpu = min(used, key=lambda g: (g.free_bytes, g.index))
+    on = f"GPU {gpu.index}" if gpus == 1 else f"each of GPUs {', '.join(str(g.index) for g in used)}"
+    which = (f"GPU {gpu.index} ({gpu.name})" if gpus == 1
+             else f"GPU {gpu.index} ({gpu.name}), the fullest of the {gpus} used,")
     weights = info.param_count * TORCH_DTYPE_BYTES.get(compute_dtype, 2)
     if weights + GPU_RESERVE_BYTES <= gpu.free_bytes:
         return (
             gpu.free_bytes - weights,
-            f"GPU {gpu.index} ({gpu.name}) has {gpu.free_bytes / 1024**3:.1f} GB free; "
+            f"{which} has {gpu.free_bytes / 1024**3:.1f} GB free; "
             f"the weights take {weights / 1024**3:.1f} GB of it",
-            f"whole model on GPU {gpu.index}",
+            f"whole model on {on}",
         )
     layer = int(info.largest_layer_bytes * TORCH_DTYPE_BYTES.get(compute_dtype, 2) / max(info.dtype_bytes, 1))
     return (
         max(gpu.free_bytes - layer, 0),
-        f"GPU {gpu.index} ({gpu.name}) has {gpu.free_bytes / 1024**3:.1f} GB free, too little for the "
+        f"{which} has {gpu.free_bytes / 1024**3:.1f} GB free, too little for the "
         f"{weights / 1024**3:.1f} GB of weights; layers are onloaded one at a time ({layer / 1024**3:.2f} GB each)",
-        f"weights on CPU, one layer at a time on GPU {gpu.index}",
+        f"weights on CPU, one layer at a time on {on}",
     )
 
 
@@ -192,10 +215,30 @@ class Placement:
     placement: str
 
 
+def check_gpus(settings: Settings, device: str) -> None:
+    """``gpus`` > 1 needs that many CUDA devices (or the gloo backend of the CPU rehearsal)."""
+    if settings.gpus == 1:
+        return
+    from .ranks import requested_backend
+
+    if requested_backend() == "gloo":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if device == "cuda" else 0
+    if count < settings.gpus:
+        seen = f"torch sees {count} CUDA device{'s' if count != 1 else ''}"
+        raise SettingsError(
+            f"gpus={settings.gpus} needs {settings.gpus} CUDA GPUs but {seen}; set gpus to at most {max(count, 1)} "
+            "(or check CUDA_VISIBLE_DEVICES)."
+        )
+
+
 def resolve_placement(settings: Settings, info: ModelInfo, vram: VramReport) -> Placement:
     device = _compute_device(settings, vram)
+    check_gpus(settings, device)
     compute_dtype, save_dtype = _dtypes(settings, info, device)
-    headroom, reason, placement = gpu_headroom(vram, info, device, compute_dtype)
+    headroom, reason, placement = gpu_headroom(vram, info, device, compute_dtype, settings.gpus)
     return Placement(device, compute_dtype, save_dtype, headroom, reason, placement)
 
 
@@ -275,8 +318,9 @@ def make_plan(
                 output_note = exc.message
     peak = None
     if device == "cuda":
+        per_process = -(-calibration.num_samples.value // settings.gpus)  # each GPU caches its share
         peak = estimate_peak_gpu(
-            info, placement, compute_dtype, calibration.batch_size.value, calibration.seq_len.value, calibration.num_samples.value
+            info, placement, compute_dtype, calibration.batch_size.value, calibration.seq_len.value, per_process
         )
     plan = Plan(
         settings=settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .model_info import TORCH_DTYPE_BYTES
 from .plan import Plan
 from .run import RunResult
 from .vram import VramReport, format_bytes
@@ -37,6 +38,8 @@ def format_plan(plan: Plan) -> str:
         f"AWQ mappings {plan.layout.mappings.source}; scale search: {plan.settings.awq_search}; clip: {plan.settings.clip}",
         f"output       {plan.output_path} (about {format_bytes(plan.est_output_bytes)}, from {format_bytes(m.weight_bytes)})",
     ]
+    if plan.gpus > 1:
+        lines.insert(2, f"processes    {plan.gpus} under torchrun, one GPU each; {gpus_text(plan)}")
     if plan.output_note:
         lines.append(f"warning      {plan.output_note}")
     if plan.est_peak_gpu_bytes is not None:
@@ -47,6 +50,20 @@ def format_plan(plan: Plan) -> str:
     if plan.token is not None:
         lines.append(f"token        *** (from {plan.token.source})")
     return "\n".join(lines)
+
+
+def gpus_text(plan: Plan) -> str:
+    """Every GPU a distributed run uses, with its free memory and this model's headroom on it."""
+    share = f"each calibrates on about {-(-plan.num_samples // plan.gpus)} of the {plan.num_samples} samples"
+    if not plan.gpus_used:
+        return share
+    weights = plan.model.param_count * TORCH_DTYPE_BYTES.get(plan.compute_dtype, 2)
+    whole = plan.placement.startswith("whole model")
+    parts = []
+    for g in plan.gpus_used:
+        left = g.free_bytes - (weights if whole else 0)
+        parts.append(f"GPU {g.index} {g.name}: {format_bytes(g.free_bytes)} free, {format_bytes(max(left, 0))} headroom")
+    return share + "; " + "; ".join(parts)
 
 
 def ram_text(plan: Plan) -> str | None:

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from . import ranks
 from .awq import build_recipe, run_oneshot
 from .backoff import LAYERED, WHOLE, Sizes, apply_step, exhausted_message, first_sentence, next_step, out_of_memory
 from .calibration import CalibrationSet, tokenize
@@ -96,8 +97,9 @@ def load_model(plan: Plan) -> Any:
         "token": plan.token.reveal() if plan.token else None,
         "trust_remote_code": plan.settings.trust_remote_code,
     }
-    if plan.placement.startswith("whole model on GPU"):
-        kwargs["device_map"] = "cuda:0"
+    if plan.placement.startswith("whole model on"):
+        # one process per GPU in a distributed run: each loads onto its own (torchrun's LOCAL_RANK)
+        kwargs["device_map"] = f"cuda:{torch.cuda.current_device() if ranks.is_distributed() else 0}"
 
     def failed(exc: Exception) -> BaseException:
         if not isinstance(exc, (OSError, ValueError)):
@@ -116,7 +118,11 @@ def _peak_rss_bytes() -> int:
 
 
 def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: CalibrationSet, emitter: Emitter | None = None) -> Stats:
-    """AWQ + W4A16 on ``model`` in place, then cast to the dtype it will be saved in; returns the statistics."""
+    """AWQ + W4A16 on ``model`` in place, then cast to the dtype it will be saved in; returns the statistics.
+
+    In a distributed run this process calibrates on its share of the batches; the statistics
+    and the model come out the same on every rank.
+    """
     import torch
 
     from .awq_capture import AWQModifier
@@ -132,7 +138,7 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
         clip=plan.settings.clip,
     )
     capture = recipe[0].observe(emitter, plan.model.num_layers, search=plan.settings.awq_search, clip=plan.settings.clip)
-    run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
+    run_oneshot(model, tokenizer, calibration.dataloader(ranks.rank(), ranks.world_size()), recipe)
     if plan.save_dtype != plan.compute_dtype:
         model.to(getattr(torch, plan.save_dtype))
     return Stats(capture.records, search=capture.search_summary, clips=capture.clips)
@@ -168,10 +174,12 @@ def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: 
 class _Attempt:
     """Where one attempt is and what it really ran with, for the back-off after it fails."""
 
-    def __init__(self, number: int):
+    def __init__(self, number: int, rank: int = 0, backend: str | None = None):
         self.number = number
         self.phase = "calibration_data"
         self.sizes: Sizes | None = None
+        self.rank = rank
+        self.backend = backend
 
 
 def _placement_kind(plan: Plan) -> str | None:
@@ -185,6 +193,18 @@ def _sizes(plan: Plan, calibration: CalibrationSet | None) -> Sizes:
         return Sizes(plan.batch_size, plan.seq_len, plan.num_samples, _placement_kind(plan))
     longest = max(calibration.lengths, default=plan.seq_len)
     return Sizes(calibration.batch_size, min(plan.seq_len, longest), calibration.num_samples, _placement_kind(plan))
+
+
+def _check_rank_shares(calibration: CalibrationSet, world: int) -> None:
+    """Every process of a distributed run needs at least one batch to calibrate on."""
+    batches = len(calibration.batches())
+    if world > 1 and batches < world:
+        from .errors import CalibrationDataError
+
+        raise CalibrationDataError(
+            f"{calibration.num_samples} calibration samples in batches of {calibration.batch_size} make {batches} "
+            f"batch(es), fewer than the {world} GPUs: each GPU needs one; raise num_samples or lower batch_size or gpus."
+        )
 
 
 @contextlib.contextmanager
@@ -206,6 +226,10 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
     (:mod:`~qwodel_nb.engine.backoff`), each step sent as an ``OutOfMemoryRetry`` event, logged and
     kept in the summary; after any failure the memory the attempt held is given back.
     """
+    if plan.gpus > 1:  # one process per GPU under torchrun; events, errors and the result come back here
+        from .distributed import run_distributed
+
+        return run_distributed(plan, listeners, cancel)
     emitter = Emitter(listeners, cancel)
     steps: list = []
     tokenizers: dict[str, Any] = {}
@@ -233,7 +257,9 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
                          old=step.old, new=step.new, message=step.message())
 
 
-def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, tokenizers: dict) -> RunResult:
+def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, tokenizers: dict) -> RunResult | None:
+    """One attempt of the run. In a distributed run (``engine/worker.py``) every rank calibrates,
+    then the process group is closed and rank 0 alone saves; the other ranks return None."""
     import torch
 
     timings: dict[str, float] = {}
@@ -247,6 +273,7 @@ def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, token
         tokenizer = tokenizers["tokenizer"]
         calibration = prepare_calibration(plan, tokenizer)
         attempt.sizes = _sizes(plan, calibration)
+        _check_rank_shares(calibration, ranks.world_size())
         longest = max(calibration.lengths, default=0)
         # The last check before any weight is loaded: host memory for the real token count.
         check_ram(estimate_ram(plan, calibration.total_tokens, calibration.batch_size * longest))
@@ -256,7 +283,16 @@ def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, token
         stats = quantize_model(plan, model, tokenizer, calibration, emitter)
 
     peak_gpu = torch.cuda.max_memory_allocated() if plan.device == "cuda" else None
+    world = ranks.world_size()
+    if world > 1:
+        if peak_gpu is not None:
+            peak_gpu = int(ranks.agree_max(peak_gpu))  # the fullest GPU's peak
+        ranks.leave_process_group()  # the model is the same on every rank: rank 0 saves it alone
+        if attempt.rank != 0:
+            return None
     calibration_summary = calibration.summary()
+    if world > 1:
+        calibration_summary["batches_per_rank"] = [len(calibration.rank_batches(r, world)) for r in range(world)]
     backoff = [s.as_dict() for s in steps]
     summary = {
         "tool": "qwodel-nb",
@@ -270,6 +306,8 @@ def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, token
         "timings": timings,
         "sizes": {"before_bytes": plan.model.weight_bytes},
         "peak_gpu_bytes": peak_gpu,
+        "gpus": plan.gpus,
+        "distributed": None if world == 1 else {"world_size": world, "backend": attempt.backend},
         "attempts": attempt.number,
         "backoff": backoff,
         "versions": library_versions(),

@@ -39,6 +39,7 @@ ALIASES = {
     "num_calibration_samples": "num_samples",
     "hf_token": "token",
     "search": "awq_search",
+    "num_gpus": "gpus",
 }
 
 
@@ -68,6 +69,7 @@ class Settings:
     seed: int = 0
     awq_search: str = "fast"
     clip: str = "search"
+    gpus: int = 1  # processes under torchrun, one GPU each (engine/distributed.py)
 
     def replace(self, **changes: Any) -> "Settings":
         """A new validated Settings with ``changes`` applied (aliases accepted)."""
@@ -340,4 +342,5 @@ def make_settings(**options: Any) -> Settings:
         seed=seed,
         awq_search=awq_search,
         clip=clip,
+        gpus=_positive_int("gpus", opts.get("gpus", 1), allow_none=False),
     )
