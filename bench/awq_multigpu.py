@@ -76,9 +76,10 @@ def one_run(args, folder: str, calibration, gpus: int) -> dict:
     from qwodel_nb.engine.run import execute
     from qwodel_nb.engine.settings import make_settings
 
-    out = os.path.join(args.workdir, f"out-{args.case}-g{gpus}")
+    out = os.path.join(args.workdir, f"out-{args.case}-{args.clip}-g{gpus}")
     settings = make_settings(model=folder, output=out, overwrite=True, calibration_dataset=calibration,
-                             num_samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size, gpus=gpus)
+                             num_samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size, gpus=gpus,
+                             clip=args.clip)
     started = time.perf_counter()
     plan = make_plan(settings)
     result = execute(plan)
@@ -111,8 +112,14 @@ def compare(a: dict, b: dict) -> dict:
            for lx, ly in zip(x["losses"], y["losses"]) if lx]
     clip_rel = [abs(y["mean_ratio"] - x["mean_ratio"]) / abs(x["mean_ratio"])
                 for x, y in zip(a["clips"], b["clips"]) if x["mean_ratio"]]
+    # where the choices differ: how far apart the one-GPU run's own losses at the two points are
+    gaps = [abs(x["losses"][y["best_index"]] - x["losses"][x["best_index"]]) / abs(x["losses"][x["best_index"]])
+            for x, y in zip(a["mappings"], b["mappings"]) if x["best_index"] != y["best_index"] and x["losses"][x["best_index"]]]
+    rel_sorted = sorted(rel)
     return {
         "mappings": len(same),
+        "max_loss_gap_where_choices_differ": max(gaps, default=0.0),
+        "median_relative_loss_difference": rel_sorted[len(rel_sorted) // 2] if rel_sorted else 0.0,
         "same_choice": sum(same),
         "same_choice_share": sum(same) / len(same) if same else None,
         "max_relative_loss_difference": max(rel, default=0.0),
@@ -141,6 +148,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--case", choices=sorted(CASES), required=True)
     parser.add_argument("--gpus", type=int, default=2, help="N, the processes of the distributed run")
     parser.add_argument("--layers", type=int, default=32, help="llama8b-gpu: decoder layers kept")
+    parser.add_argument("--clip", default="search", choices=["none", "observer", "search"], help="the clip setting of both runs")
     parser.add_argument("--samples", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -173,6 +181,9 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "backend": os.environ.get("QWODEL_DISTRIBUTED_BACKEND", "nccl"),
         "versions": library_versions(),
+        "clip": args.clip,
+        "command": "python3 bench/awq_multigpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d"),
         "comparison": compare(single, multi),
         "runs": [single, multi],
     }
@@ -182,12 +193,13 @@ def main(argv=None) -> dict:
         for run in (single, multi):
             shutil.rmtree(run["output"], ignore_errors=True)
     os.makedirs(args.results_dir, exist_ok=True)
-    path = os.path.join(args.results_dir, f"awq_multigpu_{args.case}.json")
+    path = os.path.join(args.results_dir, f"awq_multigpu_{args.case}_clip-{args.clip}.json")
     with open(path, "w") as fh:
         json.dump(summary, fh, indent=1)
     c = summary["comparison"]
     log(f"same choice {c['same_choice']}/{c['mappings']}, max relative loss difference "
-        f"{c['max_relative_loss_difference']:.2e}; AWQ phase {c['awq_phase_ratio']:.2f}x, end to end "
+        f"{c['max_relative_loss_difference']:.2e} (median {c['median_relative_loss_difference']:.2e}), where choices "
+        f"differ the 1-GPU losses are within {c['max_loss_gap_where_choices_differ']:.2%}; AWQ phase {c['awq_phase_ratio']:.2f}x, end to end "
         f"{c['end_to_end_ratio']:.2f}x (1 GPU / {args.gpus} GPUs); {path}")
     if "perplexity" in summary:
         log(f"perplexity {summary['perplexity']}")

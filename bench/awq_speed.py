@@ -343,19 +343,21 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
     mean = lambda v, k: statistics.mean(r[k] for r in by[v]) if by[v] and by[v][0][k] is not None else None  # noqa: E731
     peak = lambda v: max(r["peak_above_baseline_bytes"] for r in by[v])  # noqa: E731
     agree = agreement(by["stock"][0], by["fast"][0])
+    ran = [v for v in VARIANTS if by[v]]  # --variants may leave out fast-nocapture
     s = {
         "case": case,
         **meta,
-        "awq_s": {v: mean(v, "awq_s") for v in VARIANTS},
-        "smoothing_s": {v: mean(v, "smoothing_s") for v in VARIANTS},
-        "end_to_end_s": {v: mean(v, "end_to_end_s") for v in VARIANTS},
-        "peak_MiB": {v: peak(v) / MiB for v in VARIANTS},
-        "perplexity": {v: by[v][0]["perplexity"] for v in VARIANTS},
+        "variants": ran,
+        "awq_s": {v: mean(v, "awq_s") for v in ran},
+        "smoothing_s": {v: mean(v, "smoothing_s") for v in ran},
+        "end_to_end_s": {v: mean(v, "end_to_end_s") for v in ran},
+        "peak_MiB": {v: peak(v) / MiB for v in ran},
+        "perplexity": {v: by[v][0]["perplexity"] for v in ran},
         "speedup_awq": mean("stock", "awq_s") / mean("fast", "awq_s"),
         "speedup_smoothing": mean("stock", "smoothing_s") / mean("fast", "smoothing_s"),
         "speedup_end_to_end": mean("stock", "end_to_end_s") / mean("fast", "end_to_end_s"),
         "peak_ratio": peak("fast") / peak("stock"),
-        "capture_overhead": mean("fast", "awq_s") / mean("fast-nocapture", "awq_s") - 1.0,
+        "capture_overhead": mean("fast", "awq_s") / mean("fast-nocapture", "awq_s") - 1.0 if by["fast-nocapture"] else None,
         "agreement": agree,
         "search": by["fast"][0]["search"],
     }
@@ -367,22 +369,25 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
 def markdown(s: dict) -> str:
     a = s["agreement"]
     ppl = s["perplexity"]
+    ran = s.get("variants", list(VARIANTS))
+    heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture"}
+    capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     rows = [
         f"### {s['case']} ({s['device_name']}; {s['samples']} x {s['seq_len']} tokens, batch {s['batch_size']}; "
         f"{s['repeats']} repeat(s), {s['date']})",
         "",
-        "| | stock | fast | fast, no capture |",
-        "| --- | --- | --- | --- |",
-        "| AWQ phase: llm-compressor oneshot (s, mean) | " + " | ".join(f"{s['awq_s'][v]:.2f}" for v in VARIANTS) + " |",
+        "| | " + " | ".join(heads[v] for v in ran) + " |",
+        "| --- |" + " --- |" * len(ran),
+        "| AWQ phase: llm-compressor oneshot (s, mean) | " + " | ".join(f"{s['awq_s'][v]:.2f}" for v in ran) + " |",
         "| of which AWQ smoothing: scale search + smoothing (s, mean) | "
-        + " | ".join(f"{s['smoothing_s'][v]:.2f}" for v in VARIANTS) + " |",
-        "| end to end: load + AWQ + save (s, mean) | " + " | ".join(f"{s['end_to_end_s'][v]:.2f}" for v in VARIANTS) + " |",
+        + " | ".join(f"{s['smoothing_s'][v]:.2f}" for v in ran) + " |",
+        "| end to end: load + AWQ + save (s, mean) | " + " | ".join(f"{s['end_to_end_s'][v]:.2f}" for v in ran) + " |",
         f"| peak {'GPU memory' if s['device'] == 'cuda' else 'RSS'} above the pre-load baseline (MiB) | "
-        + " | ".join(f"{s['peak_MiB'][v]:.1f}" for v in VARIANTS) + " |",
-        "| held-out perplexity | " + " | ".join("n/a" if ppl[v] is None else f"{ppl[v]:.3f}" for v in VARIANTS) + " |",
+        + " | ".join(f"{s['peak_MiB'][v]:.1f}" for v in ran) + " |",
+        "| held-out perplexity | " + " | ".join("n/a" if ppl[v] is None else f"{ppl[v]:.3f}" for v in ran) + " |",
         "",
         f"- Stock/fast: AWQ smoothing step **{s['speedup_smoothing']:.2f}x**, AWQ phase **{s['speedup_awq']:.2f}x**; end to end {s['speedup_end_to_end']:.2f}x; "
-        f"peak fast/stock {s['peak_ratio']:.3f}; capture and events add {100 * s['capture_overhead']:+.1f}%.",
+        f"peak fast/stock {s['peak_ratio']:.3f}{capture}.",
         f"- Same best grid point for {a['same_choice']}/{a['mappings']} mappings ({100 * a['same_share']:.1f}%); "
         f"where different, stock's losses at the two points differ by at most {100 * a['max_loss_rel_diff_where_differing']:.3f}%; "
         f"largest relative difference between the two loss curves {100 * a['max_curve_rel_diff']:.3f}%.",

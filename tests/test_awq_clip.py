@@ -36,7 +36,7 @@ def test_gram_gives_each_groups_contribution_error():
     for g in range(4):
         cols = slice(16 * g, 16 * (g + 1))
         direct = ((x[:, cols] @ d[:, cols].T) ** 2).sum(0)  # per output row
-        via_gram = ((d[:, cols] @ acc.gram[g]) * d[:, cols]).sum(-1)
+        via_gram = ((d[:, cols] @ acc.gram[g].float()) * d[:, cols]).sum(-1)
         assert torch.allclose(via_gram, direct, rtol=1e-4)
 
 

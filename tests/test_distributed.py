@@ -3,7 +3,8 @@
 The setting on every surface, the one-line refusals, the exact launch command and environment
 (no token on the command line or in the plan file, NVLink multicast off), the event relay (rank
 0's events only), error translation, and real AWQ runs of a tiny Llama in two processes on the
-CPU under gloo compared with one process on the same samples: same choices, losses within 1%,
+CPU under gloo compared with one process on the same samples: same choices, the same activation
+means bit for bit, grid losses within float32 rounding,
 the output folder written once, the same events, cancel leaving nothing behind.
 """
 
@@ -16,6 +17,7 @@ import pickle
 import threading
 
 import pytest
+import numpy as np
 
 from qwodel_nb.cli import EXIT_USER_ERROR, main
 from qwodel_nb.engine import distributed, progress
@@ -196,12 +198,14 @@ def test_two_processes_choose_what_one_does(tiny_llama, calibration_texts, tmp_p
     for x, y in zip(a, b):
         assert x.smooth_layer == y.smooth_layer
         assert x.best_ratio == y.best_ratio and x.duo_scaling == y.duo_scaling
-        assert y.grid_losses == pytest.approx(x.grid_losses, rel=1e-2)
-        assert y.activation_means == pytest.approx(x.activation_means, rel=1e-4, abs=1e-7)
+        # activation sums added up in the one-process order (engine/activation_sums.py): bit for bit;
+        # the grid losses are summed per process, then across processes: float32 rounding only
+        assert np.array_equal(np.asarray(y.activation_means), np.asarray(x.activation_means))
+        assert y.grid_losses == pytest.approx(x.grid_losses, rel=1e-5)
     ca, cb = one.stats.clips, two.stats.clips
     assert [c.name for c in ca] == [c.name for c in cb]
     for x, y in zip(ca, cb):
-        assert y.mean_ratio == pytest.approx(x.mean_ratio, rel=1e-2)
+        assert y.mean_ratio == pytest.approx(x.mean_ratio, rel=1e-6)
 
 
 def test_worker_user_error_comes_back_as_is(tiny_llama, calibration_texts, tmp_path, gloo):

@@ -31,6 +31,7 @@ import torch
 from llmcompressor.modifiers.transform.awq import AWQModifier as _StockAWQModifier
 from pydantic import PrivateAttr
 
+from .activation_sums import BatchSums
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
 from .awq_search import Unsupported, _allreduce, search_best_scales
@@ -82,6 +83,7 @@ class AWQModifier(_StockAWQModifier):
     _qw_clips: list = PrivateAttr(default_factory=list)
     _qw_clip_s: float = PrivateAttr(default=0.0)
     _qw_smoothing_s: float = PrivateAttr(default=0.0)
+    _qw_batch_sums: Any = PrivateAttr(default=None)
 
     def observe(self, emitter: Emitter | None, num_layers: int, *, search: str = "fast", capture: bool = True,
                 clip: str = "none") -> "AWQModifier":
@@ -127,6 +129,13 @@ class AWQModifier(_StockAWQModifier):
         result = super().on_calibration_start(state, event, **kwargs)
         if self._qw_clip == "search":
             self._register_clip_hooks(state.model)
+        from .ranks import is_distributed
+
+        if is_distributed():  # activation sums in the one-GPU order (engine/activation_sums.py)
+            self._qw_batch_sums = BatchSums()
+            for mapping in self._resolved_mappings:
+                target = getattr(mapping, "activation_hook_target", None) or mapping.balance_layers[0]
+                self.register_hook(target, self._qw_batch_sums.hook(mapping.smooth_name), "forward")
         return result
 
     def _register_clip_hooks(self, model) -> None:
@@ -217,6 +226,8 @@ class AWQModifier(_StockAWQModifier):
             self._qw_smoothing_s += time.perf_counter() - started
 
     def _smooth_and_clip(self, model) -> None:
+        if self._qw_batch_sums is not None:
+            self._qw_batch_sums.settle(self._smooth_activation_stats)
         pending = [m for m in self._resolved_mappings if m.smooth_name in self._smooth_activation_stats]
         if not pending or not self._qw_capture:
             self._smooth(model)

@@ -51,12 +51,18 @@ class ClipResult:
 
 
 class GramAccumulator:
-    """Per-group ``X^T X`` of one Linear's inputs, summed over calibration batches."""
+    """Per-group ``X^T X`` of one Linear's inputs, summed over calibration batches.
+
+    Each batch's increment is computed in float32 and summed in float64: the sum then does not
+    depend on the order of the batches, so a run split over several GPUs (each summing its own
+    batches, then all-reduced) gets the float32 Gram matrices of a one-GPU run, and near-tied
+    clip ratios are decided the same way.
+    """
 
     def __init__(self, in_features: int, group_size: int, device: torch.device):
         self.group_size = group_size
         self.groups = in_features // group_size
-        self.gram = torch.zeros(self.groups, group_size, group_size, dtype=torch.float32, device=device)
+        self.gram = torch.zeros(self.groups, group_size, group_size, dtype=torch.float64, device=device)
         self.tokens = 0
 
     def increment(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +112,7 @@ def search_clip(name: str, layer: torch.nn.Linear, gram: torch.Tensor, tokens: i
     out_features, in_features = weight.shape
     k = args.group_size
     groups = in_features // k
-    g = gram.to(weight.device)
+    g = gram.to(weight.device, torch.float32)
     if input_scales is not None:  # inputs after smoothing are X / s
         inv = (1.0 / input_scales.to(weight.device, torch.float32)).view(groups, k)
         g = g * inv.unsqueeze(2) * inv.unsqueeze(1)

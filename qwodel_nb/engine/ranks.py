@@ -118,6 +118,17 @@ def union_of_names(names: list[str]) -> list[str]:
     return out
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` outside a distributed run."""
+    if not is_distributed():
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier() -> None:
     if is_distributed():
         import torch.distributed as dist
