@@ -78,6 +78,19 @@ def gloo(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
+def test_host_memory_estimate_counts_every_process(tiny_llama, calibration_texts, tmp_path, gloo):
+    """On a CPU (the gloo rehearsal) each process keeps its own weights and batch; the caches split
+    the tokens and rank 0 alone saves, so those parts stay as for one process."""
+    one = _plan(tiny_llama, tmp_path / "a", calibration_texts)
+    two = _plan(tiny_llama, tmp_path / "b", calibration_texts, gpus=2)
+    p1, p2 = one.est_ram.parts, two.est_ram.parts
+    assert p2["weights on the CPU (x2 processes)"] == 2 * p1["weights on the CPU"] > 0
+    assert p2["one batch (x2 processes)"] == 2 * p1["one batch"] > 0
+    for part in ("layer cache", "AWQ cache", "saving"):
+        assert p2[part] == p1[part]
+    assert "x2 processes" in two.est_ram.describe()
+
+
 def test_launch_command_and_environment(tiny_llama, calibration_texts, tmp_path, gloo, no_ambient_token):
     plan = _plan(tiny_llama, tmp_path / "out", calibration_texts, token=SECRET, gpus=2)
     cmd = distributed.launch_command("/tmp/qwodel-dist-x", 2, python="/usr/bin/python3")

@@ -114,7 +114,12 @@ class RamEstimate:
 
 
 def estimate_ram(plan, tokens: int, batch_tokens: int) -> RamEstimate:
-    """Host memory for ``plan`` calibrating on ``tokens`` tokens in batches of ``batch_tokens``."""
+    """Host memory for ``plan`` calibrating on ``tokens`` tokens in batches of ``batch_tokens``.
+
+    With several processes (``plan.gpus`` > 1) it is the whole host's: each process holds its own
+    copy of weights kept on the CPU and its own batch, the caches split the tokens between them,
+    and rank 0 alone saves.
+    """
     from .model_info import TORCH_DTYPE_BYTES
 
     info = plan.model
@@ -128,11 +133,14 @@ def estimate_ram(plan, tokens: int, batch_tokens: int) -> RamEstimate:
     on_cpu = plan.device == "cpu"
     weights_on_cpu = on_cpu or not plan.placement.startswith("whole model")
     seq = max(plan.seq_len, 1)
+    processes = max(getattr(plan, "gpus", 1), 1)
+    copies = "" if processes == 1 else f" (x{processes} processes)"
     parts = {
-        "weights on the CPU": info.param_count * per if weights_on_cpu else 0,
+        "weights on the CPU" + copies: processes * info.param_count * per if weights_on_cpu else 0,
         "layer cache": tokens * (2 * hidden + 2 * head_dim) * per + tokens * 16,
         "AWQ cache": tokens * (5 * hidden + inter) * per if on_cpu else 0,
-        "one batch": batch_tokens * ((3 * inter + 4 * hidden + vocab) * per + heads * seq * per) if on_cpu else 0,
+        "one batch" + copies: processes * batch_tokens * ((3 * inter + 4 * hidden + vocab) * per + heads * seq * per)
+        if on_cpu else 0,
         "saving": plan.est_output_bytes,
     }
     return RamEstimate(parts=parts, tokens=tokens)
