@@ -177,3 +177,17 @@ try:  # property-based tests: deterministic and modest in CI; QWODEL_FUZZ=explor
     settings.load_profile(os.environ.get("QWODEL_FUZZ", "ci"))
 except ImportError:  # pragma: no cover - hypothesis is in the test extra
     pass
+
+
+@pytest.fixture(scope="module")
+def shell():
+    """An IPython shell with the extension loaded, once per test module that asks for it."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    sh = InteractiveShell.instance(config=config)
+    sh.run_line_magic("load_ext", "qwodel_nb")
+    yield sh
+    sh.run_line_magic("unload_ext", "qwodel_nb")

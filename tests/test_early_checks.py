@@ -20,7 +20,6 @@ import pytest
 
 pytest.importorskip("IPython")
 
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 from IPython.utils.capture import capture_output  # noqa: E402
 
 from qwodel_nb import (  # noqa: E402
@@ -178,18 +177,6 @@ def test_cli_prints_one_line_and_exits_2(case, tmp_path, capsys):
     assert all(w in lines[0] for w in fault.words), lines[0]
     assert "Compression lifecycle" not in captured.out  # no AWQ started
     _assert_nothing_written(tmp_path, before)
-
-
-@pytest.fixture(scope="module")
-def shell():
-    from traitlets.config import Config
-
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    sh = InteractiveShell.instance(config=config)
-    sh.run_line_magic("load_ext", "qwodel_nb")
-    yield sh
-    sh.run_line_magic("unload_ext", "qwodel_nb")
 
 
 @pytest.mark.parametrize("case", FAULTS, ids=ids, indirect=True)

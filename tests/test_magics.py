@@ -8,24 +8,11 @@ import pytest
 
 pytest.importorskip("IPython")
 
-from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 from IPython.utils.capture import capture_output  # noqa: E402
 
 from qwodel_nb.magic_args import MagicError, parse_body, parse_cell_line, parse_line_command  # noqa: E402
 
 TOKEN = "hf_QwodelTestToken0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def shell():
-    from traitlets.config import Config
-
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    sh = InteractiveShell.instance(config=config)
-    sh.run_line_magic("load_ext", "qwodel_nb")
-    yield sh
-    sh.run_line_magic("unload_ext", "qwodel_nb")
 
 
 class Shown:

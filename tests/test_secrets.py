@@ -73,20 +73,6 @@ def test_equality_and_hash_follow_the_value():
 # ----------------------------------------------------------------------------- resolve_token
 
 
-@pytest.fixture
-def no_ambient_token(monkeypatch, tmp_path):
-    """No token in the environment, and a Hugging Face login file location that is empty."""
-    import huggingface_hub.constants as hf_constants
-
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_OIDC_ID_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    token_path = tmp_path / "hf-home" / "token"
-    token_path.parent.mkdir()
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(token_path))
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    return token_path
-
-
 def test_nothing_anywhere_gives_none(no_ambient_token):
     assert resolve_token(None) is None
 

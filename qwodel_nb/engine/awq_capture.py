@@ -34,9 +34,10 @@ from pydantic import PrivateAttr
 from .activation_sums import BatchSums
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
-from .awq_search import Unsupported, _allreduce, search_best_scales
+from .awq_search import Unsupported, search_best_scales
 from .awq_smoothing import apply_smoothing
 from .progress import Emitter, GridPoint, LayerFinished, LayerStarted, MappingFinished, MappingStarted, eta
+from .ranks import all_reduce, is_distributed, union_of_names
 from .stats import MappingRecord, summarize
 
 SEARCH_METHODS = ("fast", "stock")
@@ -129,8 +130,6 @@ class AWQModifier(_StockAWQModifier):
         result = super().on_calibration_start(state, event, **kwargs)
         if self._qw_clip == "search":
             self._register_clip_hooks(state.model)
-        from .ranks import is_distributed
-
         if is_distributed():  # activation sums in the one-GPU order (engine/activation_sums.py)
             self._qw_batch_sums = BatchSums()
             for mapping in self._resolved_mappings:
@@ -180,10 +179,7 @@ class AWQModifier(_StockAWQModifier):
         an unused expert say, takes part with an empty Gram matrix), so every rank makes the
         same collective calls and chooses the same clip ranges.
         """
-        from .awq_search import _allreduce
-        from .ranks import is_distributed, union_of_names
-
-        names = union_of_names(list(self._qw_grams)) if is_distributed() else list(self._qw_grams)
+        names = union_of_names(list(self._qw_grams))  # this rank's own names outside a distributed run
         if not names:
             return
         started = time.perf_counter()
@@ -194,7 +190,7 @@ class AWQModifier(_StockAWQModifier):
                 entry = (module, GramAccumulator(module.in_features, module.quantization_scheme.weights.group_size,
                                                  module.weight.device))
             module, accumulator = entry
-            gram, tokens = _allreduce([accumulator.gram, torch.tensor(accumulator.tokens, device=accumulator.gram.device)])
+            gram, tokens = all_reduce([accumulator.gram, torch.tensor(accumulator.tokens, device=accumulator.gram.device)])
             result = search_clip(
                 name, module, gram, int(tokens), module.quantization_scheme.weights,
                 input_scales=self._qw_input_scales.pop(module, None),
@@ -211,8 +207,13 @@ class AWQModifier(_StockAWQModifier):
             self._qw_emitter = Emitter()
         return self._qw_emitter
 
+    @property
+    def _num_layers_seen(self) -> int:
+        """Decoder layers in the run: as planned, or more if the pipeline has shown more."""
+        return max(self._qw_num_layers, self._qw_layers_done + 1)
+
     def _layers_eta(self, fraction_of_current: float) -> float | None:
-        total = max(self._qw_num_layers, self._qw_layers_done + 1)
+        total = self._num_layers_seen
         done = self._qw_layers_done + fraction_of_current
         return eta(time.perf_counter() - self._qw_awq_started, done, total)
 
@@ -238,7 +239,7 @@ class AWQModifier(_StockAWQModifier):
         self._qw_layer = min(indices) if indices else self._qw_layers_done
         self._qw_mapping = 0
         self._qw_num_mappings = len(pending)
-        num_layers = max(self._qw_num_layers, self._qw_layers_done + 1)
+        num_layers = self._num_layers_seen
         emitter.emit(LayerStarted, layer=self._qw_layer, num_layers=num_layers, num_mappings=len(pending),
                      eta_s=self._layers_eta(0.0))
         self._smooth(model)
@@ -258,14 +259,14 @@ class AWQModifier(_StockAWQModifier):
             return self._search(mapping, fp16_outputs, orig_layer_weights)
         emitter = self._emitter()
         x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
-        x_sum, count = _allreduce([x_sum, count])  # all ranks' tokens: the same record on every rank
+        x_sum, count = all_reduce([x_sum, count])  # all ranks' tokens: the same record on every rank
         act_mean = (x_sum / count.to(x_sum.device)).float().cpu()
         self._qw_losses = []
         self._qw_best = float("inf")
         emitter.emit(
             MappingStarted,
             layer=self._qw_layer,
-            num_layers=max(self._qw_num_layers, self._qw_layers_done + 1),
+            num_layers=self._num_layers_seen,
             mapping=self._qw_mapping,
             num_mappings=self._qw_num_mappings,
             smooth_layer=mapping.smooth_name,
@@ -355,7 +356,7 @@ class AWQModifier(_StockAWQModifier):
             emitter.emit(
                 GridPoint,
                 layer=self._qw_layer,
-                num_layers=max(self._qw_num_layers, self._qw_layers_done + 1),
+                num_layers=self._num_layers_seen,
                 mapping=self._qw_mapping,
                 num_mappings=self._qw_num_mappings,
                 point=point,

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .ranks import agree_min, agree_sum
+from .ranks import agree_min, agree_sum, all_reduce
 
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
 FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
@@ -258,17 +258,6 @@ def _loss_masks() -> list | None:
     return state.loss_masks if state else None
 
 
-def _allreduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sums over all ranks of a distributed run (new tensors); the tensors themselves otherwise.
-
-    Not llm-compressor's ``_allreduce_data_sum``: that one assumes an accelerator (it fails on a
-    CPU under gloo) and reduces in place whatever is already on the device.
-    """
-    from .ranks import all_reduce
-
-    return all_reduce(tensors)
-
-
 def gpu_working_budget(device: torch.device) -> int:
     """Bytes a short-lived computation may take on the GPU without raising the run's peak much.
 
@@ -340,7 +329,7 @@ def search_best_scales(
     num_points = len(grid)
 
     x_sum, count = modifier._smooth_activation_stats[mapping.smooth_name]
-    x_sum, count = _allreduce([x_sum, count])
+    x_sum, count = all_reduce([x_sum, count])
     x_mean = x_sum.to(device) / count.to(device)
     w_mean = modifier._compute_layer_means(mapping.balance_layers).to(device) if modifier.duo_scaling else None
     scales = candidate_scales(x_mean, w_mean, grid)
@@ -476,7 +465,7 @@ def _forward_losses(
 
 
 def _read_losses(sums: torch.Tensor, elements: torch.Tensor) -> list[float]:
-    total, count = _allreduce([sums.clone(), elements.clone()])
+    total, count = all_reduce([sums, elements])  # new tensors: the running sums stay this rank's
     return (total / count).tolist()
 
 
@@ -501,7 +490,7 @@ def _gram_losses(
         x = x.to(weight.device, torch.float32)
         gram.addmm_(x.T, x)
         tokens += x.shape[0]
-    gram, tokens = _allreduce([gram, tokens])
+    gram, tokens = all_reduce([gram, tokens])
 
     num_points = scales.shape[0]
     out_features = weight.shape[0]
