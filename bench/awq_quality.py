@@ -11,16 +11,17 @@ bench/corpus.py; all rows of a size use the same token ids), one process runs:
 * ``fast+search``: with qwodel's output-aware clipping search.
 
 Group size 64, asymmetric, lm_head kept, batch size ``--batch-size``. Each row: held-out perplexity
-(512-token windows over bench/corpus.py's held-out text), AWQ-phase seconds, clipping seconds (the
-part of the AWQ phase spent in the clipping search), and the gap to the unquantized perplexity
-closed relative to stock AWQ: ``(ppl_stock - ppl_row) / (ppl_stock - ppl_unquantized)``.
+(512-token windows over bench/corpus.py's held-out text; for the tiny models, windows of their
+128-token training context; 32,768 tokens at most either way), AWQ-phase seconds, clipping seconds
+(the part of the AWQ phase spent in the clipping search), and the gap to the unquantized
+perplexity closed relative to stock AWQ: ``(ppl_stock - ppl_row) / (ppl_stock - ppl_unquantized)``.
 
 Usage (results: ``RESULTS_DIR/awq_quality_<case>.json`` and a markdown table printed last)::
 
     python3 bench/corpus.py --out .data
     python3 bench/awq_quality.py --case smollm2-gpu --sizes 16,64,128 --results-dir bench/results
 
-Cases as in bench/awq_speed.py (``tiny-cpu``, ``smollm2-cpu``, ``smollm2-gpu``).
+Cases as in bench/awq_speed.py (``tiny-cpu``, ``tinytext-cpu``, ``smollm2-cpu``, ``smollm2-gpu``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ def baseline(kind: str, args, folder, tokenizer, texts) -> dict:
     from transformers import AutoModelForCausalLM
 
     from qwodel_nb.engine.awq import round_to_nearest
-    from qwodel_nb.engine.evaluate import perplexity
 
     cuda = args.device == "cuda"
     model = AutoModelForCausalLM.from_pretrained(
@@ -58,7 +58,7 @@ def baseline(kind: str, args, folder, tokenizer, texts) -> dict:
     if kind == "rtn":
         round_to_nearest(model, group_size=64, symmetric=False, ignore=("lm_head",))
     seconds = time.perf_counter() - t
-    ppl = perplexity(model, tokenizer, texts, seq_len=512)
+    ppl = awq_speed.heldout_perplexity(args, model, tokenizer, texts)
     del model
     gc.collect()
     if cuda:
@@ -69,19 +69,20 @@ def baseline(kind: str, args, folder, tokenizer, texts) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="held-out perplexity of stock AWQ vs qwodel, with clipping")
-    parser.add_argument("--case", choices=["tiny-cpu", "smollm2-cpu", "smollm2-gpu"], required=True)
+    parser.add_argument("--case", choices=["tiny-cpu", "tinytext-cpu", "smollm2-cpu", "smollm2-gpu"], required=True)
     parser.add_argument("--sizes", default="16,64,128")
-    parser.add_argument("--seq-len", type=int, help="tokens per sample (default: 64 for tiny-cpu, 512 otherwise)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sample (default: the held-out window, 128 for the tiny models, 512 otherwise)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--gguf")
+    parser.add_argument("--train-steps", type=int, help="tinytext-cpu: training steps (default: awq_speed.TINYTEXT_STEPS)")
     parser.add_argument("--data", default=os.path.join(ROOT, ".data"))
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qwodel-bench"))
     parser.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args(argv)
     defaults = awq_speed.CASES[args.case]
     args.device = defaults["device"]
-    args.seq_len = args.seq_len or (defaults["seq_len"] if args.case == "tiny-cpu" else 512)
+    args.seq_len = args.seq_len or awq_speed.eval_window(args)
     args.batch_size = args.batch_size or defaults["batch_size"]
     args.save = False
     args.layers = 32

@@ -29,7 +29,7 @@ POOL_NAME = "bench_calibration.txt"
 HELDOUT_NAME = "heldout.txt"
 
 
-def _paragraphs(text: str) -> list[str]:
+def paragraphs(text: str) -> list[str]:
     blocks = [" ".join(b.split()) for b in text.replace("\r\n", "\n").split("\n\n")]
     return [b for b in blocks if b]
 
@@ -39,15 +39,15 @@ def write_files(out: str) -> tuple[str, str]:
 
     pool = []
     for key in sorted(topics.topics):
-        pool.extend(_paragraphs(topics.topics[key]))
+        pool.extend(paragraphs(topics.topics[key]))
     for name in sorted(os.listdir(LICENSES)):
         path = os.path.join(LICENSES, name)
         if name in SKIP or os.path.islink(path):
             continue
-        pool.extend(_paragraphs(open(path, encoding="utf-8", errors="replace").read()))
+        pool.extend(paragraphs(open(path, encoding="utf-8", errors="replace").read()))
     held = []
     for name in HELDOUT:
-        held.extend(_paragraphs(open(os.path.join(LICENSES, name), encoding="utf-8").read()))
+        held.extend(paragraphs(open(os.path.join(LICENSES, name), encoding="utf-8").read()))
     os.makedirs(out, exist_ok=True)
     pool_path, held_path = os.path.join(out, POOL_NAME), os.path.join(out, HELDOUT_NAME)
     with open(pool_path, "w", encoding="utf-8") as fh:

@@ -1,8 +1,9 @@
 """The tiny demo model on more held-out text: stock AWQ against qwodel's clipping search.
 
-bench/awq_quality.py's tiny-cpu case scores 40 generated paragraphs; where the two rows differ
-by 0.1% that could be the text. This runs both at 64 x 64 calibration tokens (batch 8) and scores
-each on 400 generated paragraphs for three seeds, printing one line per run (bench/RESULTS.md)::
+bench/awq_quality.py's tiny-cpu case scores 40 generated paragraphs; where two rows differ by
+0.01% that could be the text. This runs both at 64 x 128 calibration tokens (batch 8) and scores
+each on 400 generated paragraphs per seed, in windows of the model's 128-token training context
+(up to 32,768 tokens), for three seeds, printing one line per run (bench/RESULTS.md)::
 
     python3 bench/tiny_heldout_check.py --workdir /tmp/qt
 """
@@ -30,7 +31,7 @@ def main(argv=None) -> dict:
 
     from qwodel_nb.engine.demo import generate_text
 
-    args = argparse.Namespace(case="tiny-cpu", device="cpu", samples=64, seq_len=64, batch_size=8, save=False,
+    args = argparse.Namespace(case="tiny-cpu", device="cpu", samples=64, seq_len=128, batch_size=8, save=False,
                               layers=32, profile="")
     folder = awq_speed.model_folder(args, cli.workdir)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -30,6 +30,7 @@ def test_speed_benchmark_tiny_cpu(bench_modules, tmp_path):
     assert summary["perplexity"]["stock"] == pytest.approx(summary["perplexity"]["fast"], rel=1e-6)
     assert summary["search"]["stock_fallbacks"] == []
     assert set(summary["smoothing_s"]) == {"stock", "fast", "fast-nocapture"}
+    assert 0.0 < summary["capture_share_max"] < 0.5  # measured inside the run, and part of it
     assert "AWQ smoothing step" in awq_speed.markdown(summary)
 
 
@@ -41,6 +42,50 @@ def test_quality_benchmark_tiny_cpu(bench_modules, tmp_path):
     rows = table["sizes"][8]
     assert rows["fast"]["perplexity"] == pytest.approx(rows["stock-awq"]["perplexity"], rel=1e-6)
     assert rows["fast+search"]["clip_s"] > 0
-    assert table["baselines"]["unquantized"]["perplexity"] < table["baselines"]["rtn"]["perplexity"]
+    # the demo model, measured inside its 128-token training context, barely notices 4-bit weights
+    unquantized, rtn = (table["baselines"][k]["perplexity"] for k in ("unquantized", "rtn"))
+    assert table["seq_len"] == 64 and rtn == pytest.approx(unquantized, rel=1e-2)
     assert (tmp_path / "awq_quality_tiny-cpu.json").exists()
     assert "| 8 | fast+search |" in awq_quality.markdown(table)
+
+
+def test_profile_sorts_the_oneshot_time_by_kind_of_work(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(BENCH)
+    import awq_profile
+
+    result = awq_profile.main(["--case", "tiny-cpu", "--results-dir", str(tmp_path), "--workdir", str(tmp_path)])
+    assert [r["variant"] for r in result["runs"]] == ["stock", "fast"]
+    for run in result["runs"]:
+        assert run["by_category_s"]["gemm"] > 0 and run["operator_s"] == pytest.approx(sum(run["by_category_s"].values()))
+        assert run["top"] and all(t["seconds"] > 0 for t in run["top"])
+    assert awq_profile.category("aten::bmm") == "gemm"
+    assert awq_profile.category("void at::native::reduce_kernel<MaxNanFunctor>") == "reduction"
+    assert awq_profile.category("Memcpy HtoD (Pageable -> Device)") == "copy"
+    assert "| **sum** |" in awq_profile.markdown(result)
+    assert (tmp_path / "awq_profile_tiny-cpu.json").exists()
+
+
+def test_tinytext_model_is_trained_on_the_pool_text(bench_modules, monkeypatch, tmp_path):
+    """The real-text tiny model: its tokenizer and weights come from the calibration pool's paragraphs."""
+    import argparse
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    awq_speed, _ = bench_modules
+    monkeypatch.setattr(awq_speed, "TINYTEXT_STEPS", 2)
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = ["Quixotic zephyrs vex the jumbled pharaoh gazebo."] * 40 + ["A plain sentence about licences."] * 40
+    (data / "bench_calibration.txt").write_text("\n\n".join(pool))
+    args = argparse.Namespace(case="tinytext-cpu", data=str(data))
+    folder = awq_speed.model_folder(args, str(tmp_path))
+    assert folder.endswith("tinytext-2")  # TINYTEXT_STEPS, as no --train-steps was given
+    config = AutoConfig.from_pretrained(folder)
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (256, 768, 4)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # a vocabulary learned from the pool: its repeated words are single tokens
+    assert len(tokenizer("Quixotic zephyrs", add_special_tokens=False)["input_ids"]) <= 3
+    assert awq_speed.model_folder(args, str(tmp_path)) == folder  # built once
+    args.train_steps = 3  # --train-steps
+    assert awq_speed.model_folder(args, str(tmp_path)).endswith("tinytext-3")
+    assert awq_speed.eval_window(args) == 128

@@ -50,7 +50,7 @@ def apply_smoothing(modifier: Any, model: torch.nn.Module) -> None:
                 if agree_all(not reference or all(r.numel() == 0 for r in reference)):
                     del modifier._smooth_activation_stats[mapping.smooth_name]
                     continue
-                if agree_any(not all(bool(r.isfinite().all()) for r in reference)):
+                if agree_any(not _all_finite(reference)):
                     from loguru import logger
 
                     logger.warning(
@@ -84,3 +84,10 @@ def _smooth(mapping: Any, scales: torch.Tensor, original: dict, update: Any) -> 
         update(smooth, "weight", weight)
     if getattr(smooth, "bias", None) is not None:
         update(smooth, "bias", smooth.bias.div_(s))
+
+
+def _all_finite(outputs: list[torch.Tensor]) -> bool:
+    """Whether every output is finite, read back with one host synchronisation instead of one per batch."""
+    if not outputs:
+        return True
+    return bool(torch.stack([o.isfinite().all().to(outputs[0].device) for o in outputs]).all())
