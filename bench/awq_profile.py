@@ -86,7 +86,7 @@ def profile_run(variant: str, args, folder: str, tokenizer, calib) -> dict:
 
 def markdown(result: dict) -> str:
     cuda = result["device"] == "cuda"
-    unit = "GPU kernel time" if cuda else "operator self time (all threads)"
+    unit = "GPU kernel time" if cuda else "operator self time"
     rows = [f"### {result['case']} ({result['device_name']}; {result['samples']} x {result['seq_len']}, batch "
             f"{result['batch_size']}{', ' + str(result['layers']) + ' layers' if result.get('layers') else ''}; "
             f"{result['date']})", "", f"| {unit} (s) | " + " | ".join(r["variant"] for r in result["runs"]) + " |",
