@@ -34,9 +34,9 @@ _TIMES = ["every morning", "before noon", "after the rain", "on sunday", "late a
 _NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 
-#: tokens per training sequence. The model has seen no position past this; the benchmarks measure
-#: its perplexity in windows of this length (past it the model extrapolates, and small changes to its
-#: weights move that extrapolation more than they move the model)
+#: tokens per training sequence. The model has seen no position past this; the demo and the
+#: benchmarks measure its perplexity in windows of this length (past it the model extrapolates, and
+#: small changes to its weights move that extrapolation more than they move the model)
 TRAIN_CONTEXT = 128
 
 
@@ -222,12 +222,12 @@ def run_demo(workdir: str, *, train_steps: int = 60) -> DemoReport:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ppl: dict[str, float] = {}
     original = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    ppl["original (bf16 weights)"] = perplexity(original, tokenizer, files.heldout, seq_len=256)
+    ppl["original (bf16 weights)"] = perplexity(original, tokenizer, files.heldout, seq_len=TRAIN_CONTEXT)
     round_to_nearest(original, group_size=plan.layout.group_size, symmetric=plan.settings.symmetric, ignore=plan.layout.ignore)
-    ppl["round-to-nearest W4A16"] = perplexity(original, tokenizer, files.heldout, seq_len=256)
+    ppl["round-to-nearest W4A16"] = perplexity(original, tokenizer, files.heldout, seq_len=TRAIN_CONTEXT)
     del original
     quantized = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32)
-    ppl["AWQ W4A16 (reloaded output)"] = perplexity(quantized, tokenizer, files.heldout, seq_len=256)
+    ppl["AWQ W4A16 (reloaded output)"] = perplexity(quantized, tokenizer, files.heldout, seq_len=TRAIN_CONTEXT)
     prompt = "The engineer"
     ids = tokenizer(prompt, return_tensors="pt")
     generated = quantized.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
