@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     for key, value in awq_speed.CASES[args.case].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    args.save, args.profile = False, ""
+    args.save = False
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(args.results_dir, exist_ok=True)
 

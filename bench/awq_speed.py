@@ -202,6 +202,25 @@ def heldout(args) -> list[str]:
 # ----------------------------------------------------------------------------- measuring
 
 
+@contextlib.contextmanager
+def cprofile_into(path: str):
+    """cProfile the enclosed code; its 60 costliest functions (cumulative time) go into ``path``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
+        with open(path, "w") as fh:
+            fh.write(buf.getvalue())
+
+
 class RssSampler:
     """Peak resident set size of this process, sampled in a thread (ru_maxrss never goes down)."""
 
@@ -263,7 +282,8 @@ def stock_recorder_class():
 def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, clip: str = "none", around=None) -> dict:
     """One AWQ run: ``variant`` is "stock" (llm-compressor's class with the loss recorder),
     "fast" or "fast-nocapture" (qwodel's class); ``clip`` as qwodel's setting (stock: "none");
-    ``around``, a context manager entered around the oneshot call alone (bench/awq_profile.py)."""
+    ``around``, a context manager entered around the oneshot call alone (``--profile``'s cProfile,
+    bench/awq_profile.py's torch.profiler)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -295,29 +315,12 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     sampler = RssSampler(enabled=not cuda)  # on a GPU the sampling thread would only compete for the GIL
-    profiler = None
-    if variant in (getattr(args, "profile", None) or "").split(","):
-        import cProfile
-
-        profiler = cProfile.Profile()
     t1 = time.perf_counter()
     with sampler, (around if around is not None else contextlib.nullcontext()):
-        if profiler:
-            profiler.enable()
         run_oneshot(model, tokenizer, calib.dataloader(), recipe)
         if cuda:
             torch.cuda.synchronize()
-        if profiler:
-            profiler.disable()
     awq_s = time.perf_counter() - t1
-    if profiler:
-        import io
-        import pstats
-
-        buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
-        with open(os.path.join(args.results_dir, f"profile_{args.case}_{variant}.txt"), "w") as fh:
-            fh.write(buf.getvalue())
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
     ppl = None
@@ -504,7 +507,10 @@ def main(argv=None) -> dict:
         for repeat in range(args.repeats):
             order = variants if repeat % 2 == 0 else list(reversed(variants))
             for variant in order:
-                runs.append(run_variant(variant, args, folder, tokenizer, calib, texts))
+                around = None
+                if variant in args.profile.split(","):
+                    around = cprofile_into(os.path.join(args.results_dir, f"profile_{args.case}_{variant}.txt"))
+                runs.append(run_variant(variant, args, folder, tokenizer, calib, texts, around=around))
 
     meta = {
         "device": args.device,

@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     from qwodel_nb.engine.demo import generate_text
 
     args = argparse.Namespace(case="tiny-cpu", device="cpu", samples=64, seq_len=128, batch_size=8, save=False,
-                              layers=32, profile="")
+                              layers=32)
     folder = awq_speed.model_folder(args, cli.workdir)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     calibration = awq_speed.calibration(args, folder, tokenizer)
