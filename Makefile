@@ -35,6 +35,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/qwodel demo
 
+# Triton for the tests: its CPU interpreter runs the fused AWQ candidate kernel
+# (qwodel_nb/engine/fused_candidates.py) against the PyTorch path in tests/test_fused_candidates.py.
+# A CUDA build of torch brings its own Triton, which is kept.
+TRITON       ?= triton==3.6.0
+TRITON_STAMP := $(VENV)/.qwodel-triton
+
+$(TRITON_STAMP): $(STAMP)
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TRITON)"
+	touch $@
+
 $(IW7_STAMP): $(STAMP)
 	rm -rf $(IW7)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(IW7) $(IW7_PKGS)
@@ -42,7 +52,7 @@ $(IW7_STAMP): $(STAMP)
 
 # Every test under the venv's ipywidgets 8, then the panel's tests under ipywidgets 7.7.1, the
 # notebooks under nbval, the panel in JupyterLab in headless Chromium, and the binder environment.
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -m "not browser and not binder"
 	$(MAKE) --no-print-directory test-widgets7
 	$(MAKE) --no-print-directory test-notebooks

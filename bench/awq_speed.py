@@ -7,7 +7,10 @@ windows from bench/corpus.py) and batch size for every variant:
   that appends each grid point's loss to a list (to compare choices);
 * ``fast``: qwodel's ``AWQModifier`` with ``search="fast"``, statistics capture and progress
   events on (a listener counts the events), as the tool runs it;
-* ``fast-nocapture``: the same search with capture and events off, to measure what they cost.
+* ``fast-nocapture``: the same search with capture and events off, to measure what they cost;
+* ``fast-unfused`` (only when asked for): ``fast`` with the candidate weights made by PyTorch
+  operators instead of the fused GPU kernel (``qwodel_nb/engine/fused_candidates.py``), to measure
+  what the kernel gains. On a CPU the two are the same.
 
 Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
 asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
@@ -65,7 +68,10 @@ CASES = {
     "smollm2-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
     "llama8b-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
-VARIANTS = ("stock", "fast", "fast-nocapture")
+VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused")
+#: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
+#: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
+DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
 
 
 def log(msg: str) -> None:
@@ -281,12 +287,13 @@ def stock_recorder_class():
 
 def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, clip: str = "none", around=None) -> dict:
     """One AWQ run: ``variant`` is "stock" (llm-compressor's class with the loss recorder),
-    "fast" or "fast-nocapture" (qwodel's class); ``clip`` as qwodel's setting (stock: "none");
+    "fast", "fast-nocapture" or "fast-unfused" (qwodel's class); ``clip`` as qwodel's setting (stock: "none");
     ``around``, a context manager entered around the oneshot call alone (``--profile``'s cProfile,
     bench/awq_profile.py's torch.profiler)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from qwodel_nb.engine import awq_search
     from qwodel_nb.engine.awq import build_recipe, run_oneshot
     from qwodel_nb.engine.awq_capture import AWQModifier
     from qwodel_nb.engine.progress import Emitter
@@ -308,7 +315,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     else:
         recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier, clip=clip)
         emitter = Emitter([lambda event: events.__setitem__(0, events[0] + 1)])
-        recipe[0].observe(emitter, model.config.num_hidden_layers, search="fast", capture=variant == "fast", clip=clip)
+        recipe[0].observe(emitter, model.config.num_hidden_layers, search="fast", capture=variant != "fast-nocapture", clip=clip)
     awq = recipe[0]
 
     if cuda:
@@ -316,10 +323,14 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         torch.cuda.reset_peak_memory_stats()
     sampler = RssSampler(enabled=not cuda)  # on a GPU the sampling thread would only compete for the GIL
     t1 = time.perf_counter()
-    with sampler, (around if around is not None else contextlib.nullcontext()):
-        run_oneshot(model, tokenizer, calib.dataloader(), recipe)
-        if cuda:
-            torch.cuda.synchronize()
+    awq_search.FUSED_KERNEL = variant != "fast-unfused"
+    try:
+        with sampler, (around if around is not None else contextlib.nullcontext()):
+            run_oneshot(model, tokenizer, calib.dataloader(), recipe)
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        awq_search.FUSED_KERNEL = True
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -414,6 +425,8 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "speedup_smoothing": mean("stock", "smoothing_s") / mean("fast", "smoothing_s"),
         "speedup_end_to_end": mean("stock", "end_to_end_s") / mean("fast", "end_to_end_s"),
         "peak_ratio": peak("fast") / peak("stock"),
+        # what the fused candidate kernel gains: the PyTorch-operator candidates against it
+        "speedup_fused_awq": mean("fast-unfused", "awq_s") / mean("fast", "awq_s") if by["fast-unfused"] else None,
         "capture_overhead": mean("fast", "awq_s") / mean("fast-nocapture", "awq_s") - 1.0 if by["fast-nocapture"] else None,
         # the fastest run of each: less exposed to a shared host's noise than the mean
         "capture_overhead_min": (min(r["awq_s"] for r in by["fast"]) / min(r["awq_s"] for r in by["fast-nocapture"]) - 1.0
@@ -433,7 +446,7 @@ def markdown(s: dict) -> str:
     a = s["agreement"]
     ppl = s["perplexity"]
     ran = s.get("variants", list(VARIANTS))
-    heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture"}
+    heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -458,9 +471,12 @@ def markdown(s: dict) -> str:
         f"where different, stock's losses at the two points differ by at most {100 * a['max_loss_rel_diff_where_differing']:.3f}%; "
         f"largest relative difference between the two loss curves {100 * a['max_curve_rel_diff']:.3f}%.",
     ]
+    if s.get("speedup_fused_awq") is not None:
+        rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
     if s["perplexity_rel_diff"] is not None:
         rows.append(f"- Perplexity fast vs stock: {100 * s['perplexity_rel_diff']:+.3f}%.")
-    rows.append(f"- Fast search methods: {s['search']['methods']}; handed to stock: {len(s['search']['stock_fallbacks'])}.")
+    rows.append(f"- Fast search methods: {s['search']['methods']}; candidates from the fused kernel: "
+                f"{s['search'].get('fused_candidates', 0)} mappings; handed to stock: {len(s['search']['stock_fallbacks'])}.")
     return "\n".join(rows)
 
 
@@ -478,7 +494,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qwodel-bench"))
     parser.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))
     parser.add_argument("--no-save", dest="save", action="store_false")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--profile", default="", help="variants to run under cProfile (top functions to RESULTS_DIR)")
     args = parser.parse_args(argv)
     for key, value in CASES[args.case].items():
@@ -524,7 +540,7 @@ def main(argv=None) -> dict:
         "command": "python3 bench/awq_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    summary = summarize(args.case, runs, meta) if set(VARIANTS) <= set(variants) else {"case": args.case, **meta}
+    summary = summarize(args.case, runs, meta) if {"stock", "fast"} <= set(variants) else {"case": args.case, **meta}
     path = os.path.join(args.results_dir, f"awq_speed_{args.case}.json")
     with open(path, "w") as fh:
         json.dump({"summary": summary, "runs": [{k: v for k, v in r.items() if k != "curves"} for r in runs]}, fh, indent=1)

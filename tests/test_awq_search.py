@@ -12,6 +12,8 @@ import torch
 from qwodel_nb.engine import awq_search
 from qwodel_nb.engine.awq_search import candidate_forwards, candidate_scales, quantize_candidates, repeat_batch
 
+from observer_path import stock_candidate  # tests/observer_path.py
+
 
 def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, group_size: int, symmetric: bool):
     """A Linear carrying the W4A16 scheme the way llm-compressor's QuantizationModifier leaves it."""
@@ -26,26 +28,6 @@ def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, g
     scheme.weights.group_size = group_size
     apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
     return model[0]
-
-
-def _stock_candidate(layer, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """What llm-compressor's grid search puts into the layer for one point (its own code path)."""
-    from compressed_tensors.quantization import forward_quantize
-    from compressed_tensors.utils import patch_attrs
-    from llmcompressor.modifiers.quantization.calibration import observe, update_qparams
-    from llmcompressor.observers.base import Observer
-
-    args = layer.quantization_scheme.weights
-    observer = Observer.load_from_registry("memoryless_minmax", base_name="weight", args=args)
-    with patch_attrs([layer], "weight_observer", [observer]):
-        view = scales.view(1, -1)
-        layer.weight.data.copy_(weight * view)
-        layer.weight_observer.delete_statistics(check_fused=False)
-        observe([layer], "weight")
-        update_qparams([layer], "weight", only_update_onload=True)
-        result = (forward_quantize(layer, layer.weight, "weight", args) / view).to(layer.weight.dtype)
-    layer.weight.data.copy_(weight)
-    return result
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -63,7 +45,7 @@ def test_stacked_quantization_is_bit_identical_to_the_observer_path(dtype, symme
 
     assert ours.shape == (20, 48, 128) and ours.dtype == dtype
     for i in range(20):
-        stock = _stock_candidate(layer, weight, scales[i])
+        stock = stock_candidate(layer, weight, scales[i])
         assert torch.equal(ours[i], stock), f"grid point {i} differs"
     assert torch.equal(layer.weight, weight)  # quantize_candidates never touches the layer
     assert not torch.equal(ours[0], ours[10])  # the points really are different candidates
@@ -184,6 +166,7 @@ def test_fast_search_makes_the_stock_choices(tiny_llama, calibration_texts, batc
     assert fast.search_summary["methods"].get("stock", 0) == 0 and not fast.search_summary["stock_fallbacks"]
     assert stock.search_summary["methods"] == {"stock": len(stock.records)}
     assert fast.search_summary["methods"].get("gram", 0) + fast.search_summary["methods"].get("forward", 0) == len(fast.records)
+    assert fast.search_summary["fused_candidates"] == 0  # the fused kernel is for GPUs; here PyTorch operators
     assert len(stock.records) == len(fast.records) > 0
     for s, f in zip(stock.records, fast.records):
         assert s.smooth_layer == f.smooth_layer

@@ -14,7 +14,9 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   The weights ``W * s`` of several grid points are stacked row-wise and quantized in one call of
   compressed-tensors' own ``calculate_qparams`` and ``fake_quantize`` (group quantization is row
   by row, so stacking rows changes nothing), with the dtypes the observer round trip produces.
-  Tests check the result bit for bit against the observer path.
+  Tests check the result bit for bit against the observer path. On a GPU one Triton kernel
+  (:mod:`.fused_candidates`) computes the same values, bit for bit, in one pass instead of some
+  fifteen.
 * **Nothing written to the model.** Balance layers get a temporary ``forward`` that applies the
   candidate weights; the module's parameters, observers and quantization parameters are never
   touched, so there is nothing to restore and a failure leaves the model as it was.
@@ -67,6 +69,13 @@ WEIGHT_BUDGET_FRACTION = 0.05
 QUANT_WORKING_BYTES = 16
 #: the working set allowed for making candidates on a CPU
 CPU_WORKING_BYTES = 256 * 1024**2
+#: make candidates with the fused GPU kernel where it applies (benchmarks switch it off to compare)
+FUSED_KERNEL = True
+#: share of the allocated GPU memory the fused kernel's kept candidates may take, with a small floor.
+#: They are the search's only memory beyond stock's (which writes each point into the weights in
+#: place): 5% let the peak on the 8B shape rise by 5.6-8.7% over stock's (bench/RESULTS.md)
+FUSED_KEPT_FRACTION = 0.02
+FUSED_KEPT_FLOOR_BYTES = 32 * 1024**2
 
 
 class Unsupported(Exception):
@@ -80,6 +89,7 @@ class SearchResult:
     losses: list[float]
     method: str  # "forward" or "gram"
     points_per_pass: int = 1
+    fused: bool = False  # candidates made by the fused GPU kernel
     notes: list[str] = field(default_factory=list)
 
 
@@ -141,8 +151,70 @@ def quantize_with_range(layer: torch.nn.Module, rows: torch.Tensor, lo: torch.Te
     return fake_quantize(rows, scale, zero, args)
 
 
+#: per (device, dtypes, scheme): whether the fused kernel passed its self-check in this process
+_FUSED_CHECKED: dict[tuple, bool] = {}
+
+
+def fused_applies(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> bool:
+    """Whether :func:`quantize_candidates` takes the one-kernel GPU path for this layer.
+
+    The first time a device, weight dtype, scale dtype and scheme meet, the kernel is compared with
+    the PyTorch path on a slice of this layer (:func:`_fused_self_check`); if it cannot run here or
+    differs, the PyTorch path is used for the rest of the process.
+    """
+    if not FUSED_KERNEL or not weight.is_cuda:
+        return False
+    from .fused_candidates import supported
+
+    stored = getattr(layer, "weight_scale", None), getattr(layer, "weight_zero_point", None)
+    if not supported(weight, scales, args, *stored):
+        return False
+    key = (str(weight.device), weight.dtype, scales.dtype, args.group_size, bool(args.symmetric), args.num_bits,
+           getattr(stored[0], "dtype", None), getattr(stored[1], "dtype", None))
+    if key not in _FUSED_CHECKED:
+        _FUSED_CHECKED[key] = _fused_self_check(layer, weight, scales, args)
+    return _FUSED_CHECKED[key]
+
+
+def _fused_self_check(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> bool:
+    """The fused kernel against the PyTorch path on this layer's first rows, first and last grid
+    point: equal bit for bit, or the kernel is not used (a warning says why)."""
+    import logging
+
+    from .fused_candidates import fused_candidates
+
+    rows, points = weight[:32], scales[[0, -1]]
+    why = None
+    try:
+        fused = fused_candidates(rows, points, args)
+        if not torch.equal(fused, torch_candidates(layer, rows, points, args)):
+            why = "its candidate weights differ from the PyTorch operators' on this GPU"
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # Triton cannot compile or launch here (no C compiler, an unsupported GPU...)
+        why = f"it cannot run here ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if why is None:
+        return True
+    logging.getLogger("qwodel_nb.engine").warning("qwodel: the fused AWQ candidate kernel is not used: %s; "
+                                                  "the search makes them with PyTorch operators (same results, slower)", why)
+    return False
+
+
 def quantize_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> torch.Tensor:
     """``Q(W * s) / s`` for each row of ``scales``: [g, out, in], in the weight's dtype.
+
+    On a GPU with Triton, one kernel does it (:mod:`.fused_candidates`, the same arithmetic bit for
+    bit); elsewhere :func:`torch_candidates`.
+    """
+    if fused_applies(layer, weight, scales, args):
+        from .fused_candidates import fused_candidates
+
+        return fused_candidates(weight, scales, args)
+    return torch_candidates(layer, weight, scales, args)
+
+
+def torch_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> torch.Tensor:
+    """``Q(W * s) / s`` for each row of ``scales`` with PyTorch operators: [g, out, in].
 
     Equal, bit for bit, to what the stock search puts into ``layer.weight`` for each point: the
     product is formed in float32 and stored in the weight's dtype (``weight.data.copy_``), the
@@ -269,21 +341,26 @@ def gpu_working_budget(device: torch.device) -> int:
     return max(int(WEIGHT_BUDGET_FRACTION * allocated), torch.cuda.max_memory_allocated(device) - allocated)
 
 
-def points_quantized_together(num_points: int, numel_per_point: int, device: torch.device) -> int:
+def points_quantized_together(num_points: int, numel_per_point: int, device: torch.device, *, fused: bool = False) -> int:
     """How many grid points' candidate weights are made in one quantization call.
 
     On a CPU as many as a fixed working set allows (``CPU_WORKING_BYTES``: SmolLM2-135M built all 20
     at once and its peak RSS rose by half). On a GPU, as many as fit twice: the working set of
     making them (``QUANT_WORKING_BYTES`` per element) within :func:`gpu_working_budget`, and the
     kept bf16/fp16 candidates, which stay during the forward passes, within a few percent of what
-    is allocated.
+    is allocated. The ``fused`` kernel needs no working set beyond its result; its kept candidates
+    get ``FUSED_KEPT_FRACTION`` of what is allocated, or ``FUSED_KEPT_FLOOR_BYTES``.
     """
     if numel_per_point <= 0:
         return num_points
     if device.type != "cuda":
         return max(1, min(num_points, CPU_WORKING_BYTES // (numel_per_point * QUANT_WORKING_BYTES)))
+    allocated = torch.cuda.memory_allocated(device)
+    if fused:
+        kept = max(int(FUSED_KEPT_FRACTION * allocated), FUSED_KEPT_FLOOR_BYTES)
+        return max(1, min(num_points, kept // (numel_per_point * 2)))
+    by_kept = int(WEIGHT_BUDGET_FRACTION * allocated) // (numel_per_point * 2)
     by_working_set = gpu_working_budget(device) // (numel_per_point * QUANT_WORKING_BYTES)
-    by_kept = int(WEIGHT_BUDGET_FRACTION * torch.cuda.memory_allocated(device)) // (numel_per_point * 2)
     return max(1, min(num_points, by_working_set, by_kept))
 
 
@@ -360,17 +437,18 @@ def search_best_scales(
             losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
             return _result(modifier, mapping, scales, losses, "gram", 1)
 
-    losses, g = _forward_losses(
+    losses, g, fused = _forward_losses(
         parent, quantized, orig_layer_weights, scales, batches, fp16_outputs, masks, device, on_points, live
     )
-    return _result(modifier, mapping, scales, losses, "forward", g)
+    return _result(modifier, mapping, scales, losses, "forward", g, fused)
 
 
 def _first(arguments: dict[str, Any]) -> torch.Tensor:
     return next(iter(arguments.values()))
 
 
-def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int) -> SearchResult:
+def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int,
+            fused: bool = False) -> SearchResult:
     best_index, best_error = -1, float("inf")
     for i, loss in enumerate(losses):
         if loss < best_error:  # strict: the first minimum wins, as in stock
@@ -392,7 +470,7 @@ def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[floa
     )
     best = scales[best_index].clone()
     assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
-    return SearchResult(best_index, best.detach().cpu(), losses, method, g)
+    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused)
 
 
 def _forward_losses(
@@ -406,11 +484,12 @@ def _forward_losses(
     device: torch.device,
     on_points: Callable | None,
     live: bool,
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, bool]:
     num_points = scales.shape[0]
     batch_tokens = max((_first(b).numel() // _first(b).shape[-1] for b in batches), default=1)
     per_point = sum(orig_layer_weights[layer].numel() for layer in quantized)
-    q_max = points_quantized_together(num_points, per_point, device)
+    fused = all(fused_applies(layer, orig_layer_weights[layer], scales, quant_args_of(layer)) for layer in quantized)
+    q_max = points_quantized_together(num_points, per_point, device, fused=fused)
     # the chunk size sets how many times the losses are all-reduced when read live: one for all ranks
     g_max = int(agree_min(min(q_max, points_per_pass(num_points, batch_tokens, device))))
 
@@ -461,7 +540,7 @@ def _forward_losses(
     losses = _read_losses(sums, elements)
     if on_points is not None and reported < num_points:
         on_points(list(range(reported, num_points)), losses[reported:])
-    return losses, g_max
+    return losses, g_max, fused and bool(quantized)
 
 
 def _read_losses(sums: torch.Tensor, elements: torch.Tensor) -> list[float]:

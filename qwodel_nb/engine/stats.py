@@ -99,8 +99,8 @@ class MappingRecord:
     grid_ratios: tuple[float, ...] = field(repr=False)
     grid_duo: tuple[bool, ...] = field(repr=False)
     grid_losses: tuple[float, ...] = field(repr=False)
-    scale_summary: dict[str, float] = field(repr=False)
-    activation_summary: dict[str, float] = field(repr=False)
+    scale_summary: dict[str, float] | None = field(repr=False)  # None until summarized (after the run)
+    activation_summary: dict[str, float] | None = field(repr=False)
     scales: Any = field(default=None, repr=False)  # numpy array, one scale per input channel
     activation_means: Any = field(default=None, repr=False)
 

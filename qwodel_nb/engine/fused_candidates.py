@@ -1,0 +1,181 @@
+"""AWQ's candidate weights ``Q(W * s) / s`` in one GPU kernel, bit for bit as compressed-tensors makes them.
+
+The scale search quantizes every balance layer once per grid point. Done with PyTorch operators
+(:func:`qwodel_nb.engine.awq_search.quantize_candidates`, which reproduces the stock observer round
+trip), that is some fifteen passes over the weights per point, two of them in float64 because
+llm-compressor's duo-scaling means are float64 (``get_high_precision``), which makes the scales
+float64 too. On the Llama-3-8B shape these passes were about half of the search's GPU kernel
+time, as much as the matrix products (bench/RESULTS.md, "Kernel time by kind of work").
+
+The kernel here makes each candidate in one pass (a program per tile of a weight group and grid
+point), with the same arithmetic step by step:
+
+1. ``W * s`` in the scales' dtype, rounded to the weight's dtype as ``Tensor.to`` does (a float64
+   value goes to float32 first, then to bf16/fp16: PyTorch's conversion);
+2. the group's min and max, widened to include 0;
+3. scale and zero point as ``calculate_qparams`` computes them in the weight's dtype (each
+   operation in float32, rounded to that dtype, as PyTorch's reduced-precision kernels do), a zero
+   scale replaced by the dtype's epsilon, the zero point rounded half to even into int8;
+4. ``fake_quantize``'s quantize-dequantize, operation by operation with the same rounding;
+5. division by ``s`` in the scales' dtype and rounding back to the weight's dtype.
+
+Divisions use ``div_rn`` (IEEE round to nearest, as PyTorch's CUDA division) and rounding to an
+integer rounds half to even (as ``torch.round``); rounding to bf16 is done on the bits, so that
+Triton's CPU interpreter (whose own bf16 casts round ties away from even) computes what the GPU does.
+``bench/gpu_fused_check.py`` compares the kernel with the PyTorch path bit for bit on the GPU
+(H200: 75 of 75 settings identical, bench/RESULTS.md), over dtypes, group sizes, both symmetries,
+scale dtypes and degenerate groups; ``tests/test_fused_candidates.py`` does the same in Triton's
+interpreter on every CI run. Anything not covered (another strategy or type, a group size that is
+not a power of two, stored scale or zero-point dtypes other than the weight's and int8, no Triton,
+no GPU) makes :func:`supported` false and the PyTorch path is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:  # Triton comes with CUDA builds of PyTorch; CPU builds have none
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - depends on the PyTorch build
+    HAS_TRITON = False
+
+#: rows of one group handled by one program (a tile is BLOCK_ROWS x group size)
+BLOCK_ROWS = 16
+_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def supported(weight: torch.Tensor, scales: torch.Tensor, args: Any, stored_scale: Any, stored_zero: Any) -> bool:
+    """Whether :func:`fused_candidates` runs here and reproduces the PyTorch path for this layer."""
+    return HAS_TRITON and weight.is_cuda and covered(weight, scales, args, stored_scale, stored_zero)
+
+
+def covered(weight: torch.Tensor, scales: torch.Tensor, args: Any, stored_scale: Any, stored_zero: Any) -> bool:
+    """Whether the kernel's arithmetic is the PyTorch path's for these dtypes and this scheme: integer
+    group quantization (static, no activation ordering or scale dtype of its own) with a power-of-two
+    group size, up to 8 bits, scales stored in the weight's dtype and zero points in int8."""
+    from compressed_tensors.quantization import QuantizationStrategy, QuantizationType
+
+    if weight.dim() != 2 or weight.dtype not in _FLOAT_DTYPES:
+        return False
+    if scales.dtype not in (torch.float32, torch.float64) or scales.dim() != 2 or scales.shape[1] != weight.shape[1]:
+        return False
+    if args is None or args.type != QuantizationType.INT or args.strategy != QuantizationStrategy.GROUP:
+        return False
+    if args.dynamic or getattr(args, "actorder", None) not in (None, False) or getattr(args, "scale_dtype", None) is not None:
+        return False
+    size = args.group_size
+    if not size or size & (size - 1) or size < 16 or size > 1024 or weight.shape[1] % size or args.num_bits > 8:
+        return False
+    if stored_scale is not None and stored_scale.dtype != weight.dtype:
+        return False
+    if getattr(args, "zp_dtype", None) not in (None, torch.int8):
+        return False
+    return stored_zero is None or stored_zero.dtype == torch.int8
+
+
+def _constants(args: Any, dtype: torch.dtype) -> tuple[float, float, float, float]:
+    """q_min, q_max, the divisor of the scale (in the weight's dtype, as ``calculate_qparams`` makes
+    it) and the epsilon that replaces a zero scale."""
+    q_max = 2.0 ** (args.num_bits - 1) - 1
+    q_min = -(2.0 ** (args.num_bits - 1))
+    bit_range = torch.tensor(q_max - q_min).to(dtype)
+    divisor = bit_range / 2 if args.symmetric else bit_range
+    return q_min, q_max, float(divisor.item()), float(torch.finfo(dtype).eps)
+
+
+def fused_candidates(weight: torch.Tensor, scales: torch.Tensor, args: Any) -> torch.Tensor:
+    """``Q(W * s) / s`` for each row of ``scales`` [g, in]: [g, out, in] in the weight's dtype."""
+    weight = weight.contiguous()
+    scales = scales.to(weight.device).contiguous()
+    g = scales.shape[0]
+    rows, cols = weight.shape
+    out = torch.empty((g, rows, cols), dtype=weight.dtype, device=weight.device)
+    q_min, q_max, divisor, eps = _constants(args, weight.dtype)
+    grid = (triton.cdiv(rows, BLOCK_ROWS), cols // args.group_size, g)
+    _candidates_kernel[grid](
+        weight, scales, out, rows, cols, q_min, q_max, divisor, eps,
+        GROUP=args.group_size, BLOCK=BLOCK_ROWS, SYMMETRIC=bool(args.symmetric),
+        DTYPE=_TL_DTYPES[weight.dtype], KIND=_KINDS[weight.dtype], S64=scales.dtype == torch.float64,
+    )
+    return out
+
+
+if HAS_TRITON:
+    _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+    _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+    @triton.jit
+    def _rnd(x, KIND: tl.constexpr):
+        """Round a float32 value to the weight's dtype (KIND: 0 float32, 1 bf16, 2 fp16) and back:
+        one PyTorch operation's result. bf16 rounds to nearest even on the bits, as PyTorch's
+        ``c10::BFloat16`` does (and unlike Triton's interpreter, whose bf16 casts round ties up)."""
+        if KIND == 1:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
+            return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
+        elif KIND == 2:
+            return x.to(tl.float16).to(tl.float32)
+        else:
+            return x
+
+    @triton.jit
+    def _rint(x):
+        """Round half to even, as ``torch.round``; exact for the clamped values it gets (|x| <= 128)."""
+        r = tl.floor(x + 0.5)
+        tie = (r - x) == 0.5
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        return tl.where(tie & odd, r - 1.0, r)
+
+    @triton.jit
+    def _candidates_kernel(
+        w_ptr, s_ptr, out_ptr, rows, cols, q_min, q_max, divisor, eps,
+        GROUP: tl.constexpr, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr, DTYPE: tl.constexpr, KIND: tl.constexpr, S64: tl.constexpr,
+    ):
+        """One program: BLOCK rows of one weight group, for one grid point (axis 2)."""
+        row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        col = tl.program_id(1) * GROUP + tl.arange(0, GROUP)
+        point = tl.program_id(2)
+        inside = row < rows
+        offsets = row[:, None].to(tl.int64) * cols + col[None, :]
+        w = tl.load(w_ptr + offsets, mask=inside[:, None], other=0.0)
+        s = tl.load(s_ptr + point * cols + col)
+        # 1. W * s in the scales' dtype, then Tensor.to(weight dtype): float64 goes through float32
+        if S64:
+            v = (w.to(tl.float32).to(tl.float64) * s[None, :]).to(tl.float32)
+        else:
+            v = w.to(tl.float32) * s[None, :]
+        v = _rnd(v, KIND)
+        # 2. the group's range, widened to include 0 (exact in any dtype)
+        lo = tl.minimum(tl.min(v, axis=1), 0.0)
+        hi = tl.maximum(tl.max(v, axis=1), 0.0)
+        # 3. calculate_qparams in the weight's dtype
+        if SYMMETRIC:
+            scale = _rnd(tl.div_rn(tl.maximum(tl.abs(lo), tl.abs(hi)), divisor), KIND)
+            zero = tl.zeros_like(scale)
+        else:
+            scale = _rnd(tl.div_rn(_rnd(hi - lo, KIND), divisor), KIND)
+            zero = _rnd(q_min - _rnd(tl.div_rn(lo, scale), KIND), KIND)
+            zero = tl.minimum(tl.maximum(zero, q_min), q_max)
+            # a zero range gives 0/0 = NaN, which PyTorch's int8 conversion makes 0
+            zero = tl.where(scale == 0.0, 0.0, _rint(zero))
+        scale = tl.where(scale == 0.0, eps, scale)
+        # 4. fake_quantize: x / scale + zp, clamp, round, - zp, * scale; each step rounded
+        q = _rnd(tl.div_rn(v, scale[:, None]), KIND)
+        q = _rnd(q + zero[:, None], KIND)
+        q = _rint(tl.minimum(tl.maximum(q, q_min), q_max))
+        q = _rnd(q - zero[:, None], KIND)
+        q = _rnd(q * scale[:, None], KIND)
+        # 5. / s in the scales' dtype, back to the weight's dtype
+        if S64:
+            c = (q.to(tl.float64) / s[None, :]).to(tl.float32)
+        else:
+            c = tl.div_rn(q, s[None, :])
+        plane = rows.to(tl.int64) * cols
+        tl.store(out_ptr + point * plane + offsets, _rnd(c, KIND).to(DTYPE), mask=inside[:, None])
+else:  # pragma: no cover - depends on the PyTorch build
+    _TL_DTYPES, _KINDS = {}, {}

@@ -1,0 +1,112 @@
+"""Run by tests/test_fused_candidates.py in a subprocess with TRITON_INTERPRET=1 (set before Triton
+is imported): the fused candidate kernel, executed by Triton's CPU interpreter, against the PyTorch
+path it reproduces. Prints one JSON object."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from qwodel_nb.engine import fused_candidates as fc
+from qwodel_nb.engine.awq_search import candidate_scales, torch_candidates
+
+
+@triton.jit
+def _helpers_kernel(x_ptr, bf16_ptr, fp16_ptr, rint_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    inside = offsets < n
+    x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+    tl.store(bf16_ptr + offsets, fc._rnd(x, 1), mask=inside)
+    tl.store(fp16_ptr + offsets, fc._rnd(x, 2), mask=inside)
+    tl.store(rint_ptr + offsets, fc._rint(x), mask=inside)
+
+
+def helpers() -> dict:
+    """Rounding ties: bf16 and fp16 rounding of float32 values, and rounding to integers."""
+    halfway_bits = [0x3F808000, 0x3F818000, 0xBF808000, 0xBF818000, 0x3F80FFFF, 0x3F807FFF, 0x7F7FFFFF, 0x00018000]
+    halfway = torch.tensor(halfway_bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    integers = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 7.5, -8.5, 2.4999, 2.5001, 127.0, -128.0, 0.0, -0.0])
+    fp16_ties = torch.tensor([1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, 65504.0, 1e-6])
+    x = torch.cat([halfway, integers, fp16_ties]).contiguous()
+    bf16, fp16, rint = (torch.empty_like(x) for _ in range(3))
+    _helpers_kernel[(1,)](x, bf16, fp16, rint, x.numel(), BLOCK=64)
+    return {
+        "bf16": torch.equal(bf16, x.to(torch.bfloat16).float()),
+        "fp16": torch.equal(fp16, x.to(torch.float16).float()),
+        "rint": torch.equal(rint[len(halfway_bits):], torch.round(x[len(halfway_bits):])),
+    }
+
+
+def quantized_linear(out_f: int, in_f: int, dtype: torch.dtype, group: int, symmetric: bool) -> torch.nn.Linear:
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
+
+    model = torch.nn.Sequential(torch.nn.Linear(in_f, out_f, bias=False, dtype=dtype))
+    scheme = preset_name_to_scheme("W4A16" if symmetric else "W4A16_ASYM", ["Linear"])
+    scheme.weights.group_size = group
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
+    return model[0]
+
+
+def candidates() -> list[dict]:
+    rows = []
+    seed = 0
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for symmetric in (False, True):
+            for scale_dtype in (torch.float64, torch.float32):
+                for group in (32, 128):
+                    seed += 1
+                    torch.manual_seed(seed)
+                    out_f, in_f = 20, 256  # 20 rows: the last tile of 16 is partly outside
+                    layer = quantized_linear(out_f, in_f, dtype, group, symmetric)
+                    weight = torch.randn(out_f, in_f) * 0.05
+                    weight[:, 3] *= 12  # an outlier column
+                    weight[0, :group] = 0  # an all-zero group: 0/0 zero point
+                    weight[1, group : 2 * group] = 0.02  # a constant group
+                    weight[2, :group] = weight[2, :group].abs()  # no negative value
+                    weight = weight.to(dtype)
+                    x_mean = torch.rand(in_f) + 0.05
+                    w_mean = (torch.rand(in_f) + 0.01).to(scale_dtype)
+                    grid = [(0.0, False), (0.25, True), (0.5, True), (0.95, True)]
+                    scales = candidate_scales(x_mean, w_mean, grid)
+                    args = layer.quantization_scheme.weights
+                    fused = fc.fused_candidates(weight, scales, args)
+                    reference = torch_candidates(layer, weight, scales, args)
+                    rows.append({
+                        "case": f"{dtype} symmetric={symmetric} scales={scale_dtype} group={group}",
+                        "identical": torch.equal(fused, reference),
+                        "mismatches": int((fused != reference).sum()),
+                        "distinct_points": not torch.equal(fused[0], fused[-1]),
+                    })
+    return rows
+
+
+def self_check() -> dict:
+    """awq_search's first-use check: passes on the kernel, fails on a kernel that raises or differs."""
+    from qwodel_nb.engine import awq_search
+
+    layer = quantized_linear(40, 128, torch.bfloat16, 64, False)
+    weight = (torch.randn(40, 128) * 0.05).to(torch.bfloat16)
+    scales = candidate_scales(torch.rand(128) + 0.05, torch.rand(128).double() + 0.01, [(0.0, False), (0.5, True)])
+    args = layer.quantization_scheme.weights
+    out = {"kernel": awq_search._fused_self_check(layer, weight, scales, args)}
+    real = fc.fused_candidates
+
+    def cannot_compile(*_):
+        raise RuntimeError("Failed to find C compiler\nPlease specify via CC environment variable")
+
+    try:
+        fc.fused_candidates = cannot_compile
+        out["raises"] = awq_search._fused_self_check(layer, weight, scales, args)
+        fc.fused_candidates = lambda w, s, a: real(w, s, a) * 2
+        out["differs"] = awq_search._fused_self_check(layer, weight, scales, args)
+    finally:
+        fc.fused_candidates = real
+    return out
+
+
+if __name__ == "__main__":
+    json.dump({"helpers": helpers(), "candidates": candidates(), "self_check": self_check()}, sys.stdout)
