@@ -4,8 +4,8 @@ The scale search quantizes every balance layer once per grid point. Done with Py
 (:func:`qwodel_nb.engine.awq_search.quantize_candidates`, which reproduces the stock observer round
 trip), that is some fifteen passes over the weights per point, two of them in float64 because
 llm-compressor's duo-scaling means are float64 (``get_high_precision``), which makes the scales
-float64 too. On the Llama-3-8B shape these passes were about half of the search's GPU kernel
-time, as much as the matrix products (bench/RESULTS.md, "Kernel time by kind of work").
+float64 too. On the Llama-3-8B shape these passes took about a third of the AWQ phase's GPU
+kernel time, as much as the matrix products (bench/RESULTS.md, "The fused candidate kernel").
 
 The kernel here makes each candidate in one pass (a program per tile of a weight group and grid
 point), with the same arithmetic step by step:
@@ -21,13 +21,15 @@ point), with the same arithmetic step by step:
 
 Divisions use ``div_rn`` (IEEE round to nearest, as PyTorch's CUDA division) and rounding to an
 integer rounds half to even (as ``torch.round``); rounding to bf16 is done on the bits, so that
-Triton's CPU interpreter (whose own bf16 casts round ties away from even) computes what the GPU does.
+Triton's CPU interpreter (whose own bf16 casts do not round to nearest even) computes what the GPU
+does.
 ``bench/gpu_fused_check.py`` compares the kernel with the PyTorch path bit for bit on the GPU
 (H200: 75 of 75 settings identical, bench/RESULTS.md), over dtypes, group sizes, both symmetries,
 scale dtypes and degenerate groups; ``tests/test_fused_candidates.py`` does the same in Triton's
 interpreter on every CI run. Anything not covered (another strategy or type, a group size that is
 not a power of two, stored scale or zero-point dtypes other than the weight's and int8, no Triton,
-no GPU) makes :func:`supported` false and the PyTorch path is used.
+no GPU) makes :func:`supported` false and the PyTorch path is used; so does a failed check on
+first use (``awq_search.fused_applies``: the kernel against the PyTorch path on a slice of the layer).
 """
 
 from __future__ import annotations
