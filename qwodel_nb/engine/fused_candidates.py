@@ -34,6 +34,7 @@ first use (``awq_search.fused_applies``: the kernel against the PyTorch path on 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -99,11 +100,14 @@ def fused_candidates(weight: torch.Tensor, scales: torch.Tensor, args: Any) -> t
     out = torch.empty((g, rows, cols), dtype=weight.dtype, device=weight.device)
     q_min, q_max, divisor, eps = _constants(args, weight.dtype)
     grid = (triton.cdiv(rows, BLOCK_ROWS), cols // args.group_size, g)
-    _candidates_kernel[grid](
-        weight, scales, out, rows, cols, q_min, q_max, divisor, eps,
-        GROUP=args.group_size, BLOCK=BLOCK_ROWS, SYMMETRIC=bool(args.symmetric),
-        DTYPE=_TL_DTYPES[weight.dtype], KIND=_KINDS[weight.dtype], S64=scales.dtype == torch.float64,
-    )
+    # Triton launches on the current device: make it the weight's (a layer onloaded to another GPU)
+    on_device = torch.cuda.device(weight.device) if weight.is_cuda else contextlib.nullcontext()
+    with on_device:
+        _candidates_kernel[grid](
+            weight, scales, out, rows, cols, q_min, q_max, divisor, eps,
+            GROUP=args.group_size, BLOCK=BLOCK_ROWS, SYMMETRIC=bool(args.symmetric),
+            DTYPE=_TL_DTYPES[weight.dtype], KIND=_KINDS[weight.dtype], S64=scales.dtype == torch.float64,
+        )
     return out
 
 
