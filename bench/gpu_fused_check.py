@@ -24,31 +24,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # observer_path.py: llm-compressor's own candidate path
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # quant_helpers.py: layers, weights, llm-compressor's own path
 
 from qwodel_nb.engine.awq_search import candidate_scales, torch_candidates  # noqa: E402
 from qwodel_nb.engine.fused_candidates import fused_candidates, supported  # noqa: E402
-from observer_path import stock_candidate  # noqa: E402
-
-
-def quantized_linear(out_f: int, in_f: int, dtype: torch.dtype, group: int, symmetric: bool) -> torch.nn.Linear:
-    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
-
-    model = torch.nn.Sequential(torch.nn.Linear(in_f, out_f, bias=False, device="cuda", dtype=dtype))
-    scheme = preset_name_to_scheme("W4A16" if symmetric else "W4A16_ASYM", ["Linear"])
-    scheme.weights.group_size = group
-    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
-    return model[0]
-
-
-def test_weight(out_f: int, in_f: int, dtype: torch.dtype, group: int, seed: int) -> torch.Tensor:
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    w = torch.randn(out_f, in_f, device="cuda", generator=g) * 0.05
-    w[:, 3] *= 12  # an outlier column
-    w[0, :group] = 0  # an all-zero group
-    w[1, group : 2 * group] = 0.02  # a constant group
-    w[2, :group] = w[2, :group].abs()  # a group without negative values
-    return w.to(dtype)
+from quant_helpers import degenerate_weight, quantized_linear, stock_candidate  # noqa: E402
 
 
 def grid_scales(in_f: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -69,8 +49,8 @@ def exactness() -> list[dict]:
                 for scale_dtype in (torch.float64, torch.float32):
                     for out_f, in_f in ((48, 256), (200, 512)):
                         seed += 1
-                        layer = quantized_linear(out_f, in_f, dtype, group, symmetric)
-                        weight = test_weight(out_f, in_f, dtype, group, seed)
+                        layer = quantized_linear(out_f, in_f, dtype, group, symmetric, device="cuda")
+                        weight = degenerate_weight(out_f, in_f, dtype, group, seed, device="cuda")
                         scales = grid_scales(in_f, seed, scale_dtype)
                         args = layer.quantization_scheme.weights
                         ok = supported(weight, scales, args, layer.weight_scale, getattr(layer, "weight_zero_point", None))
@@ -83,8 +63,8 @@ def exactness() -> list[dict]:
                                          elements=fused.numel()))
                         print(f"{rows[-1]}", flush=True)
     # llm-compressor's own observer path, for one setting: the first, the middle and the last point
-    layer = quantized_linear(200, 512, torch.bfloat16, 64, False)
-    weight = test_weight(200, 512, torch.bfloat16, 64, 99)
+    layer = quantized_linear(200, 512, torch.bfloat16, 64, False, device="cuda")
+    weight = degenerate_weight(200, 512, torch.bfloat16, 64, 99, device="cuda")
     scales = grid_scales(512, 99, torch.float64)
     fused = fused_candidates(weight, scales, layer.quantization_scheme.weights)
     for i in (0, 10, 19):
@@ -116,8 +96,8 @@ def timing() -> list[dict]:
     }
     rows = []
     for name, (out_f, in_f) in shapes.items():
-        layer = quantized_linear(out_f, in_f, torch.bfloat16, 64, False)
-        weight = test_weight(out_f, in_f, torch.bfloat16, 64, 7)
+        layer = quantized_linear(out_f, in_f, torch.bfloat16, 64, False, device="cuda")
+        weight = degenerate_weight(out_f, in_f, torch.bfloat16, 64, 7, device="cuda")
         scales = grid_scales(in_f, 7, torch.float64)
         args = layer.quantization_scheme.weights
         t0 = time.perf_counter()
@@ -142,8 +122,8 @@ def launch_shapes() -> list[dict]:
 
     from qwodel_nb.engine import fused_candidates as fc
 
-    layer = quantized_linear(14336, 4096, torch.bfloat16, 64, False)
-    weight = test_weight(14336, 4096, torch.bfloat16, 64, 7)
+    layer = quantized_linear(14336, 4096, torch.bfloat16, 64, False, device="cuda")
+    weight = degenerate_weight(14336, 4096, torch.bfloat16, 64, 7, device="cuda")
     scales = grid_scales(4096, 7, torch.float64)
     args = layer.quantization_scheme.weights
     q_min, q_max, divisor, eps = fc._constants(args, weight.dtype)

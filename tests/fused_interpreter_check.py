@@ -13,6 +13,7 @@ import triton.language as tl
 
 from qwodel_nb.engine import fused_candidates as fc
 from qwodel_nb.engine.awq_search import candidate_scales, torch_candidates
+from quant_helpers import degenerate_weight, quantized_linear  # tests/, this script's folder
 
 
 @triton.jit
@@ -41,16 +42,6 @@ def helpers() -> dict:
     }
 
 
-def quantized_linear(out_f: int, in_f: int, dtype: torch.dtype, group: int, symmetric: bool) -> torch.nn.Linear:
-    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
-
-    model = torch.nn.Sequential(torch.nn.Linear(in_f, out_f, bias=False, dtype=dtype))
-    scheme = preset_name_to_scheme("W4A16" if symmetric else "W4A16_ASYM", ["Linear"])
-    scheme.weights.group_size = group
-    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
-    return model[0]
-
-
 def candidates() -> list[dict]:
     rows = []
     seed = 0
@@ -62,12 +53,7 @@ def candidates() -> list[dict]:
                     torch.manual_seed(seed)
                     out_f, in_f = 20, 256  # 20 rows: the last tile of 16 is partly outside
                     layer = quantized_linear(out_f, in_f, dtype, group, symmetric)
-                    weight = torch.randn(out_f, in_f) * 0.05
-                    weight[:, 3] *= 12  # an outlier column
-                    weight[0, :group] = 0  # an all-zero group: 0/0 zero point
-                    weight[1, group : 2 * group] = 0.02  # a constant group
-                    weight[2, :group] = weight[2, :group].abs()  # no negative value
-                    weight = weight.to(dtype)
+                    weight = degenerate_weight(out_f, in_f, dtype, group, seed)
                     x_mean = torch.rand(in_f) + 0.05
                     w_mean = (torch.rand(in_f) + 0.01).to(scale_dtype)
                     grid = [(0.0, False), (0.25, True), (0.5, True), (0.95, True)]

@@ -12,7 +12,7 @@ import torch
 from qwodel_nb.engine import awq_search
 from qwodel_nb.engine.awq_search import candidate_forwards, candidate_scales, quantize_candidates, repeat_batch
 
-from observer_path import stock_candidate  # tests/observer_path.py
+from quant_helpers import stock_candidate  # tests/quant_helpers.py
 
 
 def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, group_size: int, symmetric: bool):
