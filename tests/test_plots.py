@@ -161,6 +161,23 @@ def test_grid_curve_both_duo_series():
     _png(fig)
 
 
+def test_grid_curve_marks_screening_estimates():
+    s = make_stats(2)
+    r = s[0]
+    exact = [False] * 20
+    for i in (5, 6, 7, 8):
+        exact[i] = True
+    r.grid_exact = tuple(exact)
+    fig = plots.grid_curve(s, layer=0, kind=r.kind)
+    ax = fig.axes[0]
+    (hollow,) = [line for line in ax.lines if line.get_gid() == "estimated"]
+    assert len(hollow.get_xdata()) == 16  # the sixteen points screening did not evaluate in full
+    assert "estimated (screened out)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plain = plots.grid_curve(make_stats(2), layer=0, kind=r.kind)  # no estimates: no such marks
+    assert not [line for line in plain.axes[0].lines if line.get_gid() == "estimated"]
+    _png(fig)
+
+
 def test_bad_layer_and_kind():
     s = make_stats(40)
     with pytest.raises(ValueError, match=r"layer 41 .*valid layers: 0-39"):

@@ -35,6 +35,7 @@ from pydantic import PrivateAttr
 from .activation_sums import BatchSums
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
+from .awq_screening import still_pays
 from .awq_search import Unsupported, search_best_scales
 from .awq_smoothing import apply_smoothing
 from .progress import Emitter, GridPoint, LayerFinished, LayerStarted, MappingFinished, MappingStarted, eta
@@ -88,6 +89,8 @@ class AWQModifier(_StockAWQModifier):
     _qw_batch_sums: Any = PrivateAttr(default=None)
     _qw_capture_s: float = PrivateAttr(default=0.0)
     _qw_fused: int = PrivateAttr(default=0)
+    _qw_chosen: Any = PrivateAttr(default=None)  # the fast search's (index, exact flags) for the last mapping
+    _qw_screened: list = PrivateAttr(default_factory=list)  # per screened mapping: (points confirmed, points)
 
     def observe(self, emitter: Emitter | None, num_layers: int, *, search: str = "fast", capture: bool = True,
                 clip: str = "none") -> "AWQModifier":
@@ -130,6 +133,11 @@ class AWQModifier(_StockAWQModifier):
             "methods": dict(self._qw_methods),
             # mappings whose candidate weights the fused GPU kernel made (engine/fused_candidates.py)
             "fused_candidates": self._qw_fused,
+            # token screening (engine/awq_screening.py): mappings screened, and grid points evaluated
+            # on all tokens out of all their grid points
+            "screened": len(self._qw_screened),
+            "screened_points_confirmed": sum(c for c, _ in self._qw_screened),
+            "screened_points": sum(n for _, n in self._qw_screened),
             "stock_fallbacks": [dict(f) for f in self._qw_fallbacks],
             "clip": self._qw_clip,
             "clip_s": self._qw_clip_s,
@@ -305,7 +313,12 @@ class AWQModifier(_StockAWQModifier):
             act_mean = act_mean.cpu()
             grid = self._get_grid_search_params()
             losses = list(self._qw_losses)
-            best = min(range(len(losses)), key=lambda i: (losses[i], i))  # first minimum, as the search keeps it
+            chosen, self._qw_chosen = self._qw_chosen, None
+            if chosen is not None and len(chosen[1]) == len(losses):
+                best, exact = chosen  # screened: the choice is among the points evaluated in full
+            else:
+                best = min(range(len(losses)), key=lambda i: (losses[i], i))  # first minimum, as stock keeps it
+                exact = ()
             record = MappingRecord(
                 index=len(self._qw_records),
                 layer=layer_index(mapping.smooth_name),
@@ -319,6 +332,7 @@ class AWQModifier(_StockAWQModifier):
                 grid_ratios=tuple(float(r) for r, _ in grid[: len(losses)]),
                 grid_duo=tuple(bool(d) for _, d in grid[: len(losses)]),
                 grid_losses=tuple(float(v) for v in losses),
+                grid_exact=tuple(exact) if not all(exact) else (),
                 scale_summary=None,  # summarized when the records are read (records)
                 activation_summary=None,
                 scales=scales.float().cpu().numpy(),
@@ -356,6 +370,7 @@ class AWQModifier(_StockAWQModifier):
                     fp16_outputs,
                     orig_layer_weights,
                     on_points=self._on_points if self._qw_capture else None,
+                    screen=None if still_pays(self._qw_screened) else False,
                 )
             except Unsupported as why:
                 self._qw_fallbacks.append({"mapping": mapping.smooth_name, "reason": str(why)})
@@ -364,6 +379,9 @@ class AWQModifier(_StockAWQModifier):
             else:
                 self._qw_methods[result.method] = self._qw_methods.get(result.method, 0) + 1
                 self._qw_fused += int(result.fused)
+                self._qw_chosen = (result.best_index, result.exact)
+                if result.screened is not None:
+                    self._qw_screened.append((len(result.screened.confirmed), len(result.losses)))
                 return result.best_scales
         self._qw_methods["stock"] = self._qw_methods.get("stock", 0) + 1
         return super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)

@@ -29,6 +29,10 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
 * **Losses stay on the device** and are read back once per chunk of grid points (on a GPU, once
   per mapping), instead of once per point; the per-batch outputs are reduced at once instead of
   being kept for a final loss.
+* **Token screening** (:mod:`.awq_screening`; on by default on a CPU, with enough calibration
+  tokens): every grid point on a slice of the samples first, then only the points the slice
+  cannot rule out on all tokens, with the stock arithmetic. The choice is the first minimum among
+  those; the other points' losses are estimates, flagged as such in the result and the records.
 * **Linear parents by their Gram matrix** (float32 models, i.e. on a CPU). When the parent is the
   single balance layer itself (``up_proj -> down_proj``, ``v_proj -> o_proj``), the output error
   of candidate weights ``Wq`` is ``||X (Wq - W)^T||^2 = sum((E G) * E)`` with ``E = Wq - W`` and
@@ -37,10 +41,11 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   rounding of both outputs to that dtype, which the exact form leaves out, so there the forward
   passes are used.
 
-The loss is the stock one: the mean squared error between the unquantized parent outputs given by
-llm-compressor and the candidate outputs, per batch ``F.mse_loss(..., reduction="sum")`` in the
-outputs' dtype, summed and divided by the number of elements; token loss masks and distributed
-all-reduce are honoured as in stock. The first minimum wins, as in stock.
+The loss (of every point without screening, of the confirmed points with it) is the stock one:
+the mean squared error between the unquantized parent outputs given by llm-compressor and the
+candidate outputs, per batch ``F.mse_loss(..., reduction="sum")`` in the outputs' dtype, summed
+and divided by the number of elements; token loss masks and distributed all-reduce are honoured
+as in stock. The first minimum wins, as in stock.
 
 Anything the fast path does not cover (another quantization strategy, a global scale, a parent
 whose output does not keep the repeated batch) makes :func:`supports` false or raises
@@ -57,7 +62,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .ranks import agree_min, agree_sum, all_reduce
+from .awq_screening import Screened, confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
+from .batch_arguments import map_batch
+from .ranks import agree_min, agree_sum, all_reduce, is_distributed
 
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
 FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
@@ -76,6 +83,10 @@ FUSED_KERNEL = True
 #: place): 5% let the peak on the 8B shape rise by 5.6-8.7% over stock's (bench/RESULTS.md)
 FUSED_KEPT_FRACTION = 0.02
 FUSED_KEPT_FLOOR_BYTES = 32 * 1024**2
+#: screen the grid points on a slice of the tokens before evaluating the best in full (.awq_screening):
+#: None leaves it to the caller and the device (on by default on a CPU only); the speed benchmark
+#: forces it on or off to compare
+SCREENING: bool | None = None
 
 
 class Unsupported(Exception):
@@ -90,7 +101,15 @@ class SearchResult:
     method: str  # "forward" or "gram"
     points_per_pass: int = 1
     fused: bool = False  # candidates made by the fused GPU kernel
+    screened: Screened | None = None  # set when token screening chose the points evaluated in full
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def exact(self) -> tuple[bool, ...]:
+        """Per grid point: whether its loss is the stock loss (else a screening estimate)."""
+        if self.screened is None:
+            return (True,) * len(self.losses)
+        return tuple(i in self.screened.confirmed for i in range(len(self.losses)))
 
 
 # -- candidate scales and their quantized weights ------------------------------------------------
@@ -280,11 +299,8 @@ def candidate_forwards(weights: dict[torch.nn.Module, torch.Tensor], g: int) -> 
 
 
 def repeat_batch(arguments: dict[str, Any], g: int) -> tuple[dict[str, Any], int]:
-    """The parent's cached keyword arguments with the batch repeated g times (grid-point major).
-
-    The first argument is the input the balance layers see; its leading dimension is the batch.
-    Other tensors of two or more dimensions whose leading size equals the batch are repeated the
-    same way; tensors with a leading size of one broadcast and stay as they are. Returns the
+    """The parent's cached keyword arguments with the batch repeated g times (grid-point major):
+    the tensors that follow the batch (:mod:`.batch_arguments`) are repeated. Returns the
     arguments and the batch size.
     """
     if not arguments:
@@ -296,20 +312,7 @@ def repeat_batch(arguments: dict[str, Any], g: int) -> tuple[dict[str, Any], int
     batch = first.shape[0]
     if g == 1:
         return dict(arguments), batch
-
-    def expand(value: Any, primary: bool = False) -> Any:
-        if isinstance(value, torch.Tensor):
-            if value.dim() >= 2 and value.shape[0] == batch and (primary or batch > 1):
-                return value.repeat(g, *([1] * (value.dim() - 1)))
-            return value
-        if isinstance(value, tuple):
-            return tuple(expand(v) for v in value)
-        if isinstance(value, list):
-            return [expand(v) for v in value]
-        return value
-
-    out = {key: expand(value, primary=(key == first_key)) for key, value in arguments.items()}
-    return out, batch
+    return map_batch(arguments, lambda value: value.repeat(g, *([1] * (value.dim() - 1)))), batch
 
 
 def _first_output(output: Any) -> torch.Tensor:
@@ -364,15 +367,16 @@ def points_quantized_together(num_points: int, numel_per_point: int, device: tor
     return max(1, min(num_points, by_working_set, by_kept))
 
 
-def points_per_pass(num_points: int, batch_tokens: int, device: torch.device) -> int:
-    """How many grid points one forward pass evaluates.
+def points_per_pass(num_points: int, batch_tokens: int, device: torch.device, cap_tokens: int | None = None) -> int:
+    """How many grid points one forward pass over batches of ``batch_tokens`` evaluates.
 
-    A pass holds at most as many tokens as the largest calibration batch, which the stock search
-    already runs in one pass, or a small floor when batches are tiny; so activation memory stays
-    where stock has it.
+    A pass holds at most as many tokens as the largest calibration batch (``cap_tokens``, by
+    default the batch itself), which the stock search already runs in one pass, or a small floor
+    when batches are tiny; so activation memory stays where stock has it.
     """
     floor = FLOOR_TOKENS.get(device.type, FLOOR_TOKENS["cuda"])
-    by_tokens = max(1, max(batch_tokens, floor) // max(batch_tokens, 1))
+    cap = max(cap_tokens or batch_tokens, batch_tokens, floor)
+    by_tokens = max(1, cap // max(batch_tokens, 1))
     return max(1, min(num_points, by_tokens))
 
 
@@ -390,12 +394,15 @@ def search_best_scales(
     *,
     on_points: Callable[[list[int], list[float]], None] | None = None,
     live: bool | None = None,
+    screen: bool | None = None,
 ) -> SearchResult:
     """Evaluate every grid point of ``mapping`` and return the first best, as stock would.
 
     ``on_points(indices, losses)`` is called as losses become known (after each chunk when
     ``live``, else once at the end); it may raise to stop the search (cancel). ``live`` defaults
-    to true on a CPU, where reading a loss costs no synchronisation.
+    to true on a CPU, where reading a loss costs no synchronisation. ``screen`` allows token
+    screening (:mod:`.awq_screening`) where the calibration set is large enough; by default
+    (None) on a CPU only. ``SCREENING``, when set, overrides both.
     """
     from compressed_tensors.utils import get_execution_device
 
@@ -437,10 +444,13 @@ def search_best_scales(
             losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
             return _result(modifier, mapping, scales, losses, "gram", 1)
 
-    losses, g, fused = _forward_losses(
-        parent, quantized, orig_layer_weights, scales, batches, fp16_outputs, masks, device, on_points, live
+    screen = screening_default(device) if screen is None else screen
+    screen = screen if SCREENING is None else SCREENING
+    losses, g, fused, screened = _forward_losses(
+        parent, quantized, orig_layer_weights, scales, grid, batches, fp16_outputs, masks, device, on_points, live,
+        screen,
     )
-    return _result(modifier, mapping, scales, losses, "forward", g, fused)
+    return _result(modifier, mapping, scales, losses, "forward", g, fused, screened)
 
 
 def _first(arguments: dict[str, Any]) -> torch.Tensor:
@@ -448,11 +458,12 @@ def _first(arguments: dict[str, Any]) -> torch.Tensor:
 
 
 def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int,
-            fused: bool = False) -> SearchResult:
+            fused: bool = False, screened: Screened | None = None) -> SearchResult:
+    exact = screened.confirmed if screened is not None else range(len(losses))
     best_index, best_error = -1, float("inf")
-    for i, loss in enumerate(losses):
-        if loss < best_error:  # strict: the first minimum wins, as in stock
-            best_index, best_error = i, loss
+    for i in exact:  # screened: only confirmed points are candidates for the choice
+        if losses[i] < best_error:  # strict: the first minimum wins, as in stock
+            best_index, best_error = i, losses[i]
     if best_index < 0:
         raise Exception(
             "No finite loss was found in the AWQ grid search; the parent module's outputs contain NaN or inf "
@@ -470,7 +481,7 @@ def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[floa
     )
     best = scales[best_index].clone()
     assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
-    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused)
+    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused, screened)
 
 
 def _forward_losses(
@@ -478,69 +489,163 @@ def _forward_losses(
     quantized: list[torch.nn.Module],
     orig_layer_weights: dict[torch.nn.Module, torch.Tensor],
     scales: torch.Tensor,
+    grid: Sequence[tuple[float, bool]],
     batches: list[dict[str, Any]],
     fp16_outputs: list[torch.Tensor],
     masks: list | None,
     device: torch.device,
     on_points: Callable | None,
     live: bool,
-) -> tuple[list[float], int, bool]:
+    screen: bool = False,
+) -> tuple[list[float], int, bool, Screened | None]:
+    """Every grid point's loss by forward passes of the parent: on all tokens, or screened.
+
+    Screening (:mod:`.awq_screening`) is used when ``screen`` is set, the run has one process and
+    the calibration set is large enough for it to pay. Its losses are reported once, at the end;
+    without it they are reported as chunks finish when ``live``.
+    """
     num_points = scales.shape[0]
-    batch_tokens = max((_first(b).numel() // _first(b).shape[-1] for b in batches), default=1)
     per_point = sum(orig_layer_weights[layer].numel() for layer in quantized)
     fused = all(fused_applies(layer, orig_layer_weights[layer], scales, quant_args_of(layer)) for layer in quantized)
-    q_max = points_quantized_together(num_points, per_point, device, fused=fused)
-    # the chunk size sets how many times the losses are all-reduced when read live: one for all ranks
-    g_max = int(agree_min(min(q_max, points_per_pass(num_points, batch_tokens, device))))
+    passes = _Passes(parent, quantized, orig_layer_weights, scales, device, per_point, fused,
+                     cap_tokens=max((_tokens(b) for b in batches), default=1))
+    masks = list(masks) if masks else None
+    # one process only: across ranks the slice would depend on how the samples were split
+    cuts = screening_cuts(batches, num_points) if screen and not is_distributed() else None
+    if cuts is None:
+        report = on_points if live else None
+        losses, g = passes.losses(list(range(num_points)), batches, fp16_outputs, masks, report=report)
+        if on_points is not None and report is None:
+            on_points(list(range(num_points)), losses)
+        return losses, g, fused and bool(quantized), None
 
-    sums = torch.zeros(num_points, dtype=torch.float32, device=device)
-    elements = torch.zeros((), dtype=torch.int64, device=device)
-    for b, fp16 in enumerate(fp16_outputs):
-        mask = masks[b] if masks else None
-        elements += int(fp16[mask.to(fp16.device) == 1].numel()) if mask is not None else fp16.numel()
+    screen_batches = [cut_arguments(batches[c.batch], c.rows) for c in cuts]
+    screen_refs = [fp16_outputs[c.batch][: c.rows] for c in cuts]
+    screen_masks = [masks[c.batch][: c.rows] for c in cuts] if masks else None
+    errors = passes.sample_errors(list(range(num_points)), screen_batches, screen_refs, screen_masks)
+    g = passes.g_max
+    confirmed = confirm(errors, lambda points: passes.losses(points, batches, fp16_outputs, masks)[0], grid)
+    losses = estimated_losses([math.fsum(row) for row in errors], confirmed)
+    if on_points is not None:
+        on_points(list(range(num_points)), losses)
+    screened = Screened(sum(_tokens(b) for b in screen_batches), tuple(sorted(confirmed)))
+    return losses, g, fused and bool(quantized), screened
 
-    reported = 0
-    quantized_from, candidates = -1, {}
-    for start in range(0, num_points, g_max):
-        chunk = list(range(start, min(start + g_max, num_points)))
-        g = len(chunk)
-        if quantized_from < 0 or start + g > quantized_from + q_max:
-            # candidate weights for the next q_max points, in one quantization call per layer
-            candidates = {}  # the previous chunk's weights go before the next are made
-            quantized_from = start
-            span = list(range(start, min(start + q_max, num_points)))
-            candidates = {
-                layer: quantize_candidates(layer, orig_layer_weights[layer], scales[span], quant_args_of(layer))
-                for layer in quantized
-            }
-        offset = start - quantized_from
-        weights = {layer: c[offset : offset + g] for layer, c in candidates.items()}
-        for b, arguments in enumerate(batches):
-            expanded, batch = repeat_batch(arguments, g)
-            with candidate_forwards(weights, g):
-                output = _first_output(parent(**expanded))
-            reference = fp16_outputs[b]
-            if output.shape[0] != g * batch or output.shape[1:] != reference.shape[1:]:
-                raise Unsupported("the parent's output does not keep the repeated batch")
-            output = output.view(g, *reference.shape)
+
+def _tokens(arguments: dict[str, Any]) -> int:
+    first = _first(arguments)
+    return first.numel() // first.shape[-1]
+
+
+class _Passes:
+    """Runs the parent with the candidate weights of chosen grid points over chosen batches.
+
+    The candidates made last are kept until others are needed: token screening confirms points
+    whose candidates the screening pass made already (on a CPU, usually all 20 in one call).
+    """
+
+    def __init__(self, parent, quantized, orig_layer_weights, scales, device, per_point, fused, *, cap_tokens):
+        self.parent, self.quantized, self.weights = parent, quantized, orig_layer_weights
+        self.scales, self.device, self.cap_tokens = scales, device, cap_tokens
+        self.q_max = points_quantized_together(scales.shape[0], per_point, device, fused=fused)
+        self._kept: tuple[list[int], dict] = ([], {})
+
+    def _candidates(self, span: list[int]) -> dict[torch.nn.Module, torch.Tensor]:
+        kept_points, kept = self._kept
+        if kept and span == kept_points:
+            return kept
+        if kept and set(span) <= set(kept_points):
+            where = [kept_points.index(p) for p in span]
+            if where == list(range(where[0], where[0] + len(where))):  # a run of them: views, no copy
+                return {layer: c[where[0] : where[0] + len(where)] for layer, c in kept.items()}
+            index = torch.tensor(where)
+            return {layer: c.index_select(0, index.to(c.device)) for layer, c in kept.items()}
+        self._kept = ([], {})  # the kept weights go before the next are made
+        kept = {
+            layer: quantize_candidates(layer, self.weights[layer], self.scales[span], quant_args_of(layer))
+            for layer in self.quantized
+        }
+        self._kept = (list(span), kept)
+        return kept
+
+    def _outputs(self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor]):
+        """Per chunk of grid points and calibration batch: ``(start, g, b, outputs)``, the parent's
+        outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference]."""
+        n = len(points)
+        pass_tokens = max((_tokens(b) for b in batches), default=1)
+        # the chunk size sets how many times the losses are all-reduced when read live: one for all ranks
+        g_max = int(agree_min(min(self.q_max, points_per_pass(n, pass_tokens, self.device, self.cap_tokens))))
+        self.g_max = g_max
+        quantized_from, candidates = -1, {}
+        for start in range(0, n, g_max):
+            g = min(g_max, n - start)
+            if quantized_from < 0 or start + g > quantized_from + self.q_max:
+                # candidate weights for the next q_max points, in one quantization call per layer
+                candidates = {}  # the previous chunk's weights go before the next are made
+                quantized_from = start
+                candidates = self._candidates(points[start : start + self.q_max])
+            offset = start - quantized_from
+            weights = {layer: c[offset : offset + g] for layer, c in candidates.items()}
+            for b, arguments in enumerate(batches):
+                expanded, batch = repeat_batch(arguments, g)
+                with candidate_forwards(weights, g):
+                    output = _first_output(self.parent(**expanded))
+                reference = references[b]
+                if output.shape[0] != g * batch or output.shape[1:] != reference.shape[1:]:
+                    raise Unsupported("the parent's output does not keep the repeated batch")
+                yield start, g, b, output.view(g, *reference.shape)
+                del output, expanded
+            del weights
+
+    def losses(
+        self,
+        points: list[int],
+        batches: list[dict[str, Any]],
+        references: list[torch.Tensor],
+        masks: list | None,
+        *,
+        report: Callable | None = None,
+    ) -> tuple[list[float], int]:
+        """The stock loss of each of ``points`` over ``batches`` (all ranks' tokens), and the
+        points per pass used. ``report(indices, losses)`` gets them chunk by chunk if given."""
+        n = len(points)
+        sums = torch.zeros(n, dtype=torch.float32, device=self.device)
+        elements = torch.zeros((), dtype=torch.int64, device=self.device)
+        for b, reference in enumerate(references):
+            mask = masks[b] if masks else None
+            elements += int(reference[mask.to(reference.device) == 1].numel()) if mask is not None else reference.numel()
+
+        reported, done = 0, []
+        for start, g, b, outputs in self._outputs(points, batches, references):
+            reference = references[b]
             mask = masks[b] if masks else None
             token_mask = (mask.to(reference.device) == 1) if mask is not None else None
             ref = reference[token_mask] if token_mask is not None else reference
             for i in range(g):
-                candidate = output[i][token_mask] if token_mask is not None else output[i]
+                candidate = outputs[i][token_mask] if token_mask is not None else outputs[i]
                 sums[start + i] += F.mse_loss(ref, candidate.to(ref.device), reduction="sum")
-            del output, expanded
-        del weights
-        if live and on_points is not None:
-            done = _read_losses(sums[: start + g], elements)
-            on_points(list(range(reported, start + g)), done[reported:])
-            reported = start + g
+            if report is not None and b == len(batches) - 1:
+                done = _read_losses(sums[: start + g], elements)
+                report(points[reported : start + g], done[reported:])
+                reported = start + g
+        return (done if report is not None else _read_losses(sums, elements)), self.g_max
 
-    del candidates
-    losses = _read_losses(sums, elements)
-    if on_points is not None and reported < num_points:
-        on_points(list(range(reported, num_points)), losses[reported:])
-    return losses, g_max, fused and bool(quantized)
+    def sample_errors(
+        self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], masks: list | None
+    ) -> list[list[float]]:
+        """``[point][sample]``: each calibration sample's summed squared output error (float32, loss
+        mask applied). One process only (no collective)."""
+        rows = [r.shape[0] for r in references]
+        errors = torch.zeros(len(points), sum(rows), dtype=torch.float32, device=self.device)
+        offsets = [sum(rows[:b]) for b in range(len(rows))]
+        for start, g, b, outputs in self._outputs(points, batches, references):
+            reference = references[b]
+            squared = (outputs.float() - reference.to(outputs.device).float().unsqueeze(0)).pow(2)
+            if masks:
+                token_mask = (masks[b].to(outputs.device) == 1).to(squared.dtype)
+                squared = squared * token_mask.view(1, *token_mask.shape, *([1] * (squared.dim() - 1 - token_mask.dim())))
+            errors[start : start + g, offsets[b] : offsets[b] + rows[b]] = squared.flatten(2).sum(-1)
+        return errors.tolist()
 
 
 def _read_losses(sums: torch.Tensor, elements: torch.Tensor) -> list[float]:

@@ -103,6 +103,9 @@ class MappingRecord:
     activation_summary: dict[str, float] | None = field(repr=False)
     scales: Any = field(default=None, repr=False)  # numpy array, one scale per input channel
     activation_means: Any = field(default=None, repr=False)
+    #: per grid point, whether its loss is the stock loss over all tokens; empty when all are. Token
+    #: screening (engine/awq_screening.py) evaluates only a few points in full and estimates the rest
+    grid_exact: tuple[bool, ...] = field(default=(), repr=False)
 
     @property
     def kind(self) -> str:
@@ -127,8 +130,8 @@ class MappingRecord:
             "best_loss": self.best_loss,
             "reduction": self.reduction,
             "grid": [
-                {"ratio": r, "duo_scaling": d, "loss": v}
-                for r, d, v in zip(self.grid_ratios, self.grid_duo, self.grid_losses)
+                {"ratio": r, "duo_scaling": d, "loss": v, "exact": e}
+                for r, d, v, e in zip(self.grid_ratios, self.grid_duo, self.grid_losses, self.exact_points)
             ],
             "scales": dict(self.scale_summary),
             "activation_means": dict(self.activation_summary),
@@ -139,6 +142,11 @@ class MappingRecord:
                 [float(v) for v in self.activation_means] if self.activation_means is not None else None
             )
         return out
+
+    @property
+    def exact_points(self) -> tuple[bool, ...]:
+        """Per grid point, whether its loss is exact (not a screening estimate)."""
+        return self.grid_exact or (True,) * len(self.grid_losses)
 
     def flat(self) -> dict[str, Any]:
         """One flat row (for CSV and DataFrames): summaries spread into columns, no grid or vectors."""
@@ -169,6 +177,7 @@ class MappingRecord:
             grid_ratios=tuple(g["ratio"] for g in grid),
             grid_duo=tuple(g["duo_scaling"] for g in grid),
             grid_losses=tuple(g["loss"] for g in grid),
+            grid_exact=() if all(g.get("exact", True) for g in grid) else tuple(g.get("exact", True) for g in grid),
             scale_summary=dict(data.get("scales", {})),
             activation_summary=dict(data.get("activation_means", {})),
             scales=None if vec is None else np.asarray(vec),
