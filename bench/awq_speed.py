@@ -423,9 +423,11 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
     peak = lambda v: max(r["peak_above_baseline_bytes"] for r in by[v])  # noqa: E731
     agree = agreement(by["stock"][0], by["fast"][0])
     # token screening: the forced variants against each other, or against the default fast search
-    screened = "fast-screened" if by["fast-screened"] else "fast"
-    unscreened = "fast-unscreened" if by["fast-unscreened"] else "fast"
-    compare_screening = screened != unscreened and by[screened] and by[unscreened]
+    # (which screens or not depending on the device: its own summary says)
+    fast_screened = bool((by["fast"][0]["search"] or {}).get("screened"))
+    screened = "fast-screened" if by["fast-screened"] else ("fast" if fast_screened else None)
+    unscreened = "fast-unscreened" if by["fast-unscreened"] else (None if fast_screened else "fast")
+    compare_screening = bool(screened and unscreened and by[screened] and by[unscreened])
     ran = [v for v in VARIANTS if by[v]]  # --variants may leave out fast-nocapture
     s = {
         "case": case,
