@@ -100,8 +100,9 @@ def screening_cuts(batches: Sequence[dict[str, Any]], num_points: int) -> list[C
     """The slice of the calibration batches to screen on, or None when screening would not pay.
 
     Whole samples are taken from the first batches on, until ``SCREEN_FRACTION`` of the tokens
-    (at least ``SCREEN_MIN_TOKENS``) is reached. None when that slice is more than
-    ``SCREEN_MAX_SHARE`` of the tokens, or when the grid is too small to gain from it.
+    (at least ``SCREEN_MIN_TOKENS``, and ``SCREEN_MIN_SAMPLES`` samples) is reached. None when
+    that slice is more than ``SCREEN_MAX_SHARE`` of the tokens, or when the grid is too small to
+    gain from it.
     """
     if num_points < 3 * SCREEN_KEEP or not batches:  # too few points to gain from ruling some out
         return None
@@ -204,7 +205,7 @@ def estimated_losses(screen_losses: Sequence[float], confirmed: dict[int, float]
 class Screened:
     """What screening did for one mapping."""
 
-    screened_tokens: int  # this rank's tokens in the screening slice
+    screened_tokens: int  # tokens in the screening slice
     confirmed: tuple[int, ...]  # grid points evaluated on all tokens (their losses are exact)
 
 
