@@ -42,23 +42,17 @@ KEEPS = (1, 3)
 ZS = (0.0, 1.0, 2.0, 3.0)
 
 
-def per_sample_errors(search, parent, quantized, weights, scales, batches, references) -> list[list[float]]:
-    """[grid point][sample]: the summed squared output error of each calibration sample, in float32."""
-    import torch
+def per_sample_errors(parent, quantized, weights, scales, batches, references, masks, device) -> list[list[float]]:
+    """[grid point][sample]: each calibration sample's summed squared output error, in float32, as
+    screening itself measures it (``_Passes.sample_errors`` in qwodel_nb/engine/awq_search.py)."""
+    from qwodel_nb.engine import awq_search
+    from qwodel_nb.engine.batch_arguments import rows_and_tokens
 
-    errors = []
-    with torch.no_grad():
-        for i in range(scales.shape[0]):
-            candidates = {layer: search.quantize_candidates(layer, weights[layer], scales[i : i + 1],
-                                                            search.quant_args_of(layer)) for layer in quantized}
-            row: list[float] = []
-            for arguments, reference in zip(batches, references):
-                with search.candidate_forwards(candidates, 1):
-                    output = search._first_output(parent(**arguments))
-                diff = (output.float() - reference.float()).pow(2)
-                row += diff.reshape(diff.shape[0], -1).sum(1).tolist()
-            errors.append(row)
-    return errors
+    per_point = sum(weights[layer].numel() for layer in quantized)
+    passes = awq_search._Passes(parent, quantized, weights, scales, device, per_point, False,
+                                cap_tokens=max(rows_and_tokens(b)[1] for b in batches))
+    masks = list(masks) if masks else None
+    return passes.sample_errors(list(range(scales.shape[0])), batches, references, masks)[0]
 
 
 def replay(mappings: list[dict], grid, rows: int, keep: int, z: float, tie: float) -> dict:
@@ -120,10 +114,10 @@ def main(argv=None) -> dict:
     mappings: list[dict] = []
     real = awq_search._forward_losses
 
-    def recording(parent, quantized, weights, scales, grid, batches, references, *rest):
-        out = real(parent, quantized, weights, scales, grid, batches, references, *rest)
-        mappings.append({"losses": out[0], "per_sample": per_sample_errors(awq_search, parent, quantized, weights,
-                                                                           scales, batches, references)})
+    def recording(parent, quantized, weights, scales, grid, batches, references, masks, device, *rest):
+        out = real(parent, quantized, weights, scales, grid, batches, references, masks, device, *rest)
+        errors = per_sample_errors(parent, quantized, weights, scales, batches, references, masks, device)
+        mappings.append({"losses": out[0], "per_sample": errors})
         return out
 
     awq_search._forward_losses = recording

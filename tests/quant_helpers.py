@@ -1,7 +1,8 @@
-"""Layers, weights and llm-compressor's own candidate path, for comparing candidate weights.
+"""Layers, weights and llm-compressor's own candidate path, for comparing candidate weights; and
+one whole AWQ run through llm-compressor on a small model.
 
-Used by tests/test_awq_search.py, tests/fused_interpreter_check.py (on the CPU) and
-bench/gpu_fused_check.py (on a GPU); imports nothing from pytest.
+Used by tests/test_awq_search.py, tests/test_awq_screening.py, tests/fused_interpreter_check.py
+(on the CPU) and bench/gpu_fused_check.py (on a GPU); imports nothing from pytest.
 """
 
 from __future__ import annotations
@@ -55,3 +56,25 @@ def stock_candidate(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.
         result = (forward_quantize(layer, layer.weight, "weight", args) / view).to(layer.weight.dtype)
     layer.weight.data.copy_(weight)
     return result
+
+
+def awq_run(model_dir: str, texts: list[str], search: str, *, listeners=(), cancel=None, seq_len: int = 48,
+            num_samples: int = 8, batch_size: int = 4):
+    """llm-compressor's oneshot with qwodel's AWQModifier (``search`` "fast" or "stock"), W4A16 group
+    64 asymmetric, lm_head kept, on ``num_samples`` of ``texts`` cut to ``seq_len`` tokens, in
+    float32 on the CPU. Returns the model, the modifier and the calibration set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qwodel_nb.engine.awq import build_recipe, run_oneshot
+    from qwodel_nb.engine.awq_capture import AWQModifier
+    from qwodel_nb.engine.calibration import RawCalibration, tokenize
+    from qwodel_nb.engine.progress import Emitter
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    calibration = tokenize(RawCalibration(list(texts), "text", None, "test"), tokenizer,
+                           seq_len=seq_len, num_samples=num_samples, batch_size=batch_size)
+    recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier)
+    recipe[0].observe(Emitter(listeners, cancel), model.config.num_hidden_layers, search=search)
+    run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
+    return model, recipe[0], calibration

@@ -19,6 +19,8 @@ from qwodel_nb.engine.awq_screening import (
     unconfirmed_neighbours,
 )
 
+from quant_helpers import awq_run  # tests/quant_helpers.py
+
 #: llm-compressor 0.14's grid with duo_scaling=True: identity first, then 19 duo-scaled ratios
 GRID = [(0.0, False)] + [(i / 18, True) for i in range(19)]
 
@@ -123,24 +125,12 @@ def test_estimates_sit_on_the_confirmed_losses_level():
 
 def _awq_run(model_dir, search, *, batch_size=4):
     """16 samples of 128 tokens of the demo's generated text, on the tiny Llama."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from qwodel_nb.engine.awq import build_recipe, run_oneshot
-    from qwodel_nb.engine.awq_capture import AWQModifier
-    from qwodel_nb.engine.calibration import RawCalibration, tokenize
     from qwodel_nb.engine.demo import generate_text
-    from qwodel_nb.engine.progress import Emitter
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     texts = generate_text(16, seed=21, sentences=(12, 14))
-    calibration = tokenize(RawCalibration(texts, "text", None, "test"), tokenizer,
-                           seq_len=128, num_samples=16, batch_size=batch_size)
+    _, modifier, calibration = awq_run(model_dir, texts, search, seq_len=128, num_samples=16, batch_size=batch_size)
     assert calibration.lengths == [128] * 16
-    recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier)
-    recipe[0].observe(Emitter(), model.config.num_hidden_layers, search=search)
-    run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
-    return recipe[0]
+    return modifier
 
 
 @pytest.fixture

@@ -12,22 +12,17 @@ import torch
 from qwodel_nb.engine import awq_search
 from qwodel_nb.engine.awq_search import candidate_forwards, candidate_scales, quantize_candidates, repeat_batch
 
-from quant_helpers import stock_candidate  # tests/quant_helpers.py
+from quant_helpers import awq_run, quantized_linear, stock_candidate  # tests/quant_helpers.py
 
 
 def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, group_size: int, symmetric: bool):
-    """A Linear carrying the W4A16 scheme the way llm-compressor's QuantizationModifier leaves it."""
-    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config, preset_name_to_scheme
-
+    """A Linear carrying the W4A16 scheme, with small weights and an outlier column, as AWQ meets them."""
+    layer = quantized_linear(out_features, in_features, dtype, group_size, symmetric)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=False)).to(dtype)
     with torch.no_grad():
-        model[0].weight.normal_(0, 0.05)
-        model[0].weight[:, 3] *= 12  # an outlier column, as AWQ meets them
-    scheme = preset_name_to_scheme("W4A16" if symmetric else "W4A16_ASYM", ["Linear"])
-    scheme.weights.group_size = group_size
-    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": scheme}))
-    return model[0]
+        layer.weight.normal_(0, 0.05)
+        layer.weight[:, 3] *= 12
+    return layer
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -141,21 +136,9 @@ def test_gram_loss_equals_the_direct_output_error():
 
 
 def _awq_run(model_dir: str, texts: list[str], search: str, listeners=(), cancel=None, seq_len: int = 48, batch_size: int = 4):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from qwodel_nb.engine.awq import build_recipe, run_oneshot
-    from qwodel_nb.engine.awq_capture import AWQModifier
-    from qwodel_nb.engine.calibration import RawCalibration, tokenize
-    from qwodel_nb.engine.progress import Emitter
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    calibration = tokenize(RawCalibration(list(texts), "text", None, "test"), tokenizer,
-                           seq_len=seq_len, num_samples=8, batch_size=batch_size)
-    recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier)
-    recipe[0].observe(Emitter(listeners, cancel), model.config.num_hidden_layers, search=search)
-    run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
-    return model, recipe[0]
+    model, modifier, _ = awq_run(model_dir, texts, search, listeners=listeners, cancel=cancel, seq_len=seq_len,
+                                 batch_size=batch_size)
+    return model, modifier
 
 
 @pytest.mark.parametrize("batch_size", [4, 1])

@@ -380,8 +380,8 @@ class AWQModifier(_StockAWQModifier):
                 self._qw_methods[result.method] = self._qw_methods.get(result.method, 0) + 1
                 self._qw_fused += int(result.fused)
                 self._qw_chosen = (result.best_index, result.exact)
-                if result.screened is not None:
-                    self._qw_screened.append((len(result.screened.confirmed), len(result.losses)))
+                if result.confirmed is not None:
+                    self._qw_screened.append((len(result.confirmed), len(result.losses)))
                 return result.best_scales
         self._qw_methods["stock"] = self._qw_methods.get("stock", 0) + 1
         return super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)

@@ -23,7 +23,7 @@ mappings (measured: bench/RESULTS.md, "Token screening"). So the search:
 The choice is the first minimum among the confirmed points. It is stock's choice whenever stock's
 best point survives screening, and otherwise a point whose stock loss is a local minimum next to
 it. The other points' losses are estimates: their screening loss scaled by the ratio of full to
-screening loss over the confirmed points; :class:`Screened` says which are which.
+screening loss over the confirmed points; the search's result says which are which.
 
 Where it pays (measured, bench/RESULTS.md): on a CPU, where the forward passes are bound by
 their arithmetic and it takes most of the point-token work away, so it is on by default there.
@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .batch_arguments import map_batch
+from .batch_arguments import map_batch, rows_and_tokens
 
 #: share of the calibration tokens every grid point is screened on
 SCREEN_FRACTION = 1 / 8
@@ -87,13 +87,6 @@ class Cut:
 
     batch: int
     rows: int
-
-
-def rows_and_tokens(arguments: dict[str, Any]) -> tuple[int, int]:
-    """Samples and tokens of one cached batch of parent arguments (the first argument is the input)."""
-    first = next(iter(arguments.values()))
-    rows = first.shape[0]
-    return rows, first.numel() // first.shape[-1]
 
 
 def screening_cuts(batches: Sequence[dict[str, Any]], num_points: int) -> list[Cut] | None:
@@ -199,14 +192,6 @@ def estimated_losses(screen_losses: Sequence[float], confirmed: dict[int, float]
     full, screen = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     ratio = full / screen if screen > 0 else 1.0
     return [confirmed[i] if i in confirmed else screen_losses[i] * ratio for i in range(len(screen_losses))]
-
-
-@dataclass
-class Screened:
-    """What screening did for one mapping."""
-
-    screened_tokens: int  # tokens in the screening slice
-    confirmed: tuple[int, ...]  # grid points evaluated on all tokens (their losses are exact)
 
 
 def _finite(value: float) -> float:

@@ -62,8 +62,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .awq_screening import Screened, confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
-from .batch_arguments import map_batch
+from .awq_screening import confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
+from .batch_arguments import map_batch, rows_and_tokens
 from .ranks import agree_min, agree_sum, all_reduce, is_distributed
 
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
@@ -101,15 +101,15 @@ class SearchResult:
     method: str  # "forward" or "gram"
     points_per_pass: int = 1
     fused: bool = False  # candidates made by the fused GPU kernel
-    screened: Screened | None = None  # set when token screening chose the points evaluated in full
+    confirmed: tuple[int, ...] | None = None  # with token screening: the points evaluated on every token
     notes: list[str] = field(default_factory=list)
 
     @property
     def exact(self) -> tuple[bool, ...]:
         """Per grid point: whether its loss is the stock loss (else a screening estimate)."""
-        if self.screened is None:
+        if self.confirmed is None:
             return (True,) * len(self.losses)
-        return tuple(i in self.screened.confirmed for i in range(len(self.losses)))
+        return tuple(i in self.confirmed for i in range(len(self.losses)))
 
 
 # -- candidate scales and their quantized weights ------------------------------------------------
@@ -438,7 +438,7 @@ def search_best_scales(
         # bf16/fp16 that rounding is part of what it measures (large activations make it matter);
         # the Gram form computes the exact error instead and would choose differently.
         # every rank must take the same branch (each calls collectives): decide on all ranks' tokens
-        tokens = int(agree_sum(sum(_first(b).numel() // _first(b).shape[-1] for b in batches)))
+        tokens = int(agree_sum(sum(rows_and_tokens(b)[1] for b in batches)))
         out_f, in_f = parent.weight.shape
         if _gram_is_cheaper(tokens, in_f, out_f, num_points):
             losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
@@ -446,11 +446,11 @@ def search_best_scales(
 
     screen = screening_default(device) if screen is None else screen
     screen = screen if SCREENING is None else SCREENING
-    losses, g, fused, screened = _forward_losses(
+    losses, g, fused, confirmed = _forward_losses(
         parent, quantized, orig_layer_weights, scales, grid, batches, fp16_outputs, masks, device, on_points, live,
         screen,
     )
-    return _result(modifier, mapping, scales, losses, "forward", g, fused, screened)
+    return _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed)
 
 
 def _first(arguments: dict[str, Any]) -> torch.Tensor:
@@ -458,8 +458,8 @@ def _first(arguments: dict[str, Any]) -> torch.Tensor:
 
 
 def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int,
-            fused: bool = False, screened: Screened | None = None) -> SearchResult:
-    exact = screened.confirmed if screened is not None else range(len(losses))
+            fused: bool = False, confirmed: tuple[int, ...] | None = None) -> SearchResult:
+    exact = confirmed if confirmed is not None else range(len(losses))
     best_index, best_error = -1, float("inf")
     for i in exact:  # screened: only confirmed points are candidates for the choice
         if losses[i] < best_error:  # strict: the first minimum wins, as in stock
@@ -481,7 +481,7 @@ def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[floa
     )
     best = scales[best_index].clone()
     assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
-    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused, screened)
+    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused, confirmed)
 
 
 def _forward_losses(
@@ -497,7 +497,7 @@ def _forward_losses(
     on_points: Callable | None,
     live: bool,
     screen: bool = False,
-) -> tuple[list[float], int, bool, Screened | None]:
+) -> tuple[list[float], int, bool, tuple[int, ...] | None]:
     """Every grid point's loss by forward passes of the parent: on all tokens, or screened.
 
     Screening (:mod:`.awq_screening`) is used when ``screen`` is set, the run has one process and
@@ -508,7 +508,7 @@ def _forward_losses(
     per_point = sum(orig_layer_weights[layer].numel() for layer in quantized)
     fused = all(fused_applies(layer, orig_layer_weights[layer], scales, quant_args_of(layer)) for layer in quantized)
     passes = _Passes(parent, quantized, orig_layer_weights, scales, device, per_point, fused,
-                     cap_tokens=max((_tokens(b) for b in batches), default=1))
+                     cap_tokens=max((rows_and_tokens(b)[1] for b in batches), default=1))
     masks = list(masks) if masks else None
     # one process only: across ranks the slice would depend on how the samples were split
     cuts = screening_cuts(batches, num_points) if screen and not is_distributed() else None
@@ -522,19 +522,12 @@ def _forward_losses(
     screen_batches = [cut_arguments(batches[c.batch], c.rows) for c in cuts]
     screen_refs = [fp16_outputs[c.batch][: c.rows] for c in cuts]
     screen_masks = [masks[c.batch][: c.rows] for c in cuts] if masks else None
-    errors = passes.sample_errors(list(range(num_points)), screen_batches, screen_refs, screen_masks)
-    g = passes.g_max
+    errors, g = passes.sample_errors(list(range(num_points)), screen_batches, screen_refs, screen_masks)
     confirmed = confirm(errors, lambda points: passes.losses(points, batches, fp16_outputs, masks)[0], grid)
     losses = estimated_losses([math.fsum(row) for row in errors], confirmed)
     if on_points is not None:
         on_points(list(range(num_points)), losses)
-    screened = Screened(sum(_tokens(b) for b in screen_batches), tuple(sorted(confirmed)))
-    return losses, g, fused and bool(quantized), screened
-
-
-def _tokens(arguments: dict[str, Any]) -> int:
-    first = _first(arguments)
-    return first.numel() // first.shape[-1]
+    return losses, g, fused and bool(quantized), tuple(sorted(confirmed))
 
 
 class _Passes:
@@ -568,14 +561,16 @@ class _Passes:
         self._kept = (list(span), kept)
         return kept
 
-    def _outputs(self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor]):
-        """Per chunk of grid points and calibration batch: ``(start, g, b, outputs)``, the parent's
-        outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference]."""
+    def chunk_size(self, n: int, batches: list[dict[str, Any]]) -> int:
+        """Grid points per forward pass for ``n`` points over ``batches``, the same on every rank
+        (the chunk size sets how many times the losses are all-reduced when read live)."""
+        pass_tokens = max((rows_and_tokens(b)[1] for b in batches), default=1)
+        return int(agree_min(min(self.q_max, points_per_pass(n, pass_tokens, self.device, self.cap_tokens))))
+
+    def _outputs(self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], g_max: int):
+        """Per chunk of ``g_max`` grid points and calibration batch: ``(start, g, b, outputs)``, the
+        parent's outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference]."""
         n = len(points)
-        pass_tokens = max((_tokens(b) for b in batches), default=1)
-        # the chunk size sets how many times the losses are all-reduced when read live: one for all ranks
-        g_max = int(agree_min(min(self.q_max, points_per_pass(n, pass_tokens, self.device, self.cap_tokens))))
-        self.g_max = g_max
         quantized_from, candidates = -1, {}
         for start in range(0, n, g_max):
             g = min(g_max, n - start)
@@ -615,8 +610,9 @@ class _Passes:
             mask = masks[b] if masks else None
             elements += int(reference[mask.to(reference.device) == 1].numel()) if mask is not None else reference.numel()
 
+        g_max = self.chunk_size(n, batches)
         reported, done = 0, []
-        for start, g, b, outputs in self._outputs(points, batches, references):
+        for start, g, b, outputs in self._outputs(points, batches, references, g_max):
             reference = references[b]
             mask = masks[b] if masks else None
             token_mask = (mask.to(reference.device) == 1) if mask is not None else None
@@ -628,24 +624,25 @@ class _Passes:
                 done = _read_losses(sums[: start + g], elements)
                 report(points[reported : start + g], done[reported:])
                 reported = start + g
-        return (done if report is not None else _read_losses(sums, elements)), self.g_max
+        return (done if report is not None else _read_losses(sums, elements)), g_max
 
     def sample_errors(
         self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], masks: list | None
-    ) -> list[list[float]]:
+    ) -> tuple[list[list[float]], int]:
         """``[point][sample]``: each calibration sample's summed squared output error (float32, loss
-        mask applied). One process only (no collective)."""
+        mask applied), and the points per pass used. This process's samples only (screening runs in one)."""
         rows = [r.shape[0] for r in references]
         errors = torch.zeros(len(points), sum(rows), dtype=torch.float32, device=self.device)
         offsets = [sum(rows[:b]) for b in range(len(rows))]
-        for start, g, b, outputs in self._outputs(points, batches, references):
-            reference = references[b]
-            squared = (outputs.float() - reference.to(outputs.device).float().unsqueeze(0)).pow(2)
+        wide = [r.to(self.device).float() for r in references]  # once, not per chunk of points
+        g_max = self.chunk_size(len(points), batches)
+        for start, g, b, outputs in self._outputs(points, batches, references, g_max):
+            squared = (outputs.float() - wide[b].unsqueeze(0)).pow(2)
             if masks:
                 token_mask = (masks[b].to(outputs.device) == 1).to(squared.dtype)
                 squared = squared * token_mask.view(1, *token_mask.shape, *([1] * (squared.dim() - 1 - token_mask.dim())))
             errors[start : start + g, offsets[b] : offsets[b] + rows[b]] = squared.flatten(2).sum(-1)
-        return errors.tolist()
+        return errors.tolist(), g_max
 
 
 def _read_losses(sums: torch.Tensor, elements: torch.Tensor) -> list[float]:

@@ -15,6 +15,13 @@ from typing import Any, Callable
 import torch
 
 
+def rows_and_tokens(arguments: dict[str, Any]) -> tuple[int, int]:
+    """Samples and tokens of one cached batch: the first argument's leading size, and its
+    elements over its last dimension."""
+    first = next(iter(arguments.values()))
+    return first.shape[0], first.numel() // first.shape[-1]
+
+
 def map_batch(arguments: dict[str, Any], change: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
     """``arguments`` with ``change`` applied to every tensor that follows the batch, inside tuples
     and lists too; everything else as it is. The first argument must be a tensor."""
