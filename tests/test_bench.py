@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
 
 import pytest
 
@@ -78,6 +78,26 @@ def test_quality_benchmark_tiny_cpu(bench_modules, tmp_path):
     assert table["seq_len"] == 64 and rtn == pytest.approx(unquantized, rel=1e-2)
     assert (tmp_path / "awq_quality_tiny-cpu.json").exists()
     assert "| 8 | fast+search |" in awq_quality.markdown(table)
+    # the same choices as stock: the same loss in every held-out window, so no difference at all
+    same = rows["fast"]["vs_stock"]
+    assert same["rel"] == pytest.approx(0.0, abs=1e-6) and same["verdict"] == "within noise"
+    assert same["windows"] == len(rows["stock-awq"]["heldout_windows"]) > 1
+
+
+def test_paired_bootstrap_against_stock(bench_modules):
+    _, awq_quality = bench_modules
+    stock = [(100.0 + 10 * (i % 5), 50) for i in range(40)]
+    better = [(nll - 1.0, n) for nll, n in stock]  # lower in every window
+    result = awq_quality.against_stock(better, stock)
+    assert result["verdict"] == "better" and result["ci95"][0] <= result["rel"] <= result["ci95"][1] < 0
+    assert result["rel"] == pytest.approx(math.expm1(-40 / 2000))
+    # up in half the windows and down in the other half by more: no side is clear
+    mixed = [(nll + (3.0 if i % 2 else -3.2), n) for i, (nll, n) in enumerate(stock)]
+    noisy = awq_quality.against_stock(mixed, stock)
+    assert noisy["verdict"] == "within noise" and noisy["ci95"][0] < 0 < noisy["ci95"][1]
+    assert awq_quality.against_stock([(nll + 0.5, n) for nll, n in stock], stock)["verdict"] == "worse"
+    with pytest.raises(ValueError, match="different held-out windows"):
+        awq_quality.against_stock(stock[:-1], stock)
 
 
 def test_profile_sorts_the_oneshot_time_by_kind_of_work(monkeypatch, tmp_path):
@@ -120,3 +140,37 @@ def test_tinytext_model_is_trained_on_the_pool_text(bench_modules, monkeypatch, 
     args.train_steps = 3  # --train-steps
     assert awq_speed.model_folder(args, str(tmp_path)).endswith("tinytext-3")
     assert awq_speed.eval_window(args) == 128
+
+
+def test_gemma_tokenizer_is_the_bpe_its_gguf_scores_describe(bench_modules, tmp_path):
+    """offline_gemma rebuilds the GGUF vocabulary as a BPE: merges ranked by the merged token's id,
+    bytes for what the vocabulary lacks, control tokens special (a small GGUF file written here)."""
+    from gguf import GGUFWriter
+
+    import offline_gemma
+
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "\n\n"] + [f"<0x{i:02X}>" for i in range(256)]
+    tokens += ["\u2581", "c", "a", "p", "i", "t", "l", "o", "f", "\u2581c", "ap", "it", "al", "\u2581cap", "ital",
+               "\u2581capital", "\u2581o", "\u2581of", "ca"]
+    kinds = [3, 3, 3, 2, 4] + [6] * 256 + [1] * (len(tokens) - 261)
+    path = str(tmp_path / "vocab.gguf")
+    writer = GGUFWriter(path, "gemma3")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-float(i) for i in range(len(tokens))])  # ranks, as in the real file
+    writer.add_token_types(kinds)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    tokenizer = offline_gemma.bpe_tokenizer(path)
+    ids = tokenizer("a capital of\n\ncapé")["input_ids"]
+    # whole words where the vocabulary has them ("ap" outranks "ca", so "cap" is c + ap), the
+    # user-defined "\n\n" kept whole, and UTF-8 bytes for the unknown "é"
+    assert tokenizer.convert_ids_to_tokens(ids) == [
+        "<bos>", "a", "\u2581capital", "\u2581of", "\n\n", "c", "ap", "<0xC3>", "<0xA9>"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a capital of\n\ncapé"
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (2, 1)

@@ -1,5 +1,9 @@
 """A faster AWQ scale search that makes the same choices as llm-compressor 0.14's.
 
+On a CPU it screens the grid points on a slice of the samples by default (``engine/awq_screening.py``)
+and evaluates in full only those the slice cannot rule out: the same choices in every measured run,
+but not guaranteed.
+
 For each resolved mapping, llm-compressor's ``AWQModifier._compute_best_scale`` tries every grid
 point (``n_grid`` = 20 by default) one after the other. Per point it copies the scaled weights
 into each balance layer, runs the weight observer, stores the quantization parameters on the

@@ -8,6 +8,20 @@ from typing import Any, Sequence
 
 def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int = 512, max_windows: int = 64) -> float:
     """Perplexity of ``model`` on ``texts`` joined by end-of-text tokens, in windows of ``seq_len``."""
+    return windows_perplexity(window_losses(model, tokenizer, texts, seq_len=seq_len, max_windows=max_windows))
+
+
+def windows_perplexity(windows: Sequence[tuple[float, int]]) -> float:
+    """Perplexity from :func:`window_losses`' ``(nll, tokens)`` pairs."""
+    return math.exp(sum(nll for nll, _ in windows) / sum(n for _, n in windows))
+
+
+def window_losses(model: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int = 512,
+                  max_windows: int = 64) -> list[tuple[float, int]]:
+    """Summed negative log-likelihood and predicted-token count of each window :func:`perplexity` reads.
+
+    Two models scored on the same text can be compared window by window (a paired comparison).
+    """
     import torch
 
     eos = tokenizer.eos_token_id
@@ -20,12 +34,11 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int
     if len(ids) < 2:
         raise ValueError("held-out text is too short to measure perplexity")
     device = next(model.parameters()).device
-    total_nll = 0.0
-    total_tokens = 0
+    windows: list[tuple[float, int]] = []
     model.eval()
     with torch.no_grad():
-        for window, start in enumerate(range(0, len(ids) - 1, seq_len)):
-            if window >= max_windows:
+        for start in range(0, len(ids) - 1, seq_len):
+            if len(windows) >= max_windows:
                 break
             chunk = torch.tensor([ids[start : start + seq_len + 1]], device=device)
             if chunk.shape[1] < 2:
@@ -34,9 +47,8 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int
             nll = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
             )
-            total_nll += float(nll)
-            total_tokens += chunk.shape[1] - 1
-    return math.exp(total_nll / total_tokens)
+            windows.append((float(nll), chunk.shape[1] - 1))
+    return windows
 
 
 def layer_output_errors(reference: Any, quantized: Any, tokenizer: Any, texts: Sequence[str], *, seq_len: int = 512) -> list[float]:

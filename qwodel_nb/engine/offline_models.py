@@ -13,8 +13,11 @@ import os
 from .errors import ModelNotFoundError
 
 
-def gguf_to_folder(gguf_path: str, target: str, dtype: str = "bfloat16") -> str:
-    """Save the GGUF model at ``gguf_path`` as a Hugging Face folder ``target`` (reused if present)."""
+def gguf_to_folder(gguf_path: str, target: str, dtype: str = "bfloat16", make_tokenizer=None) -> str:
+    """Save the GGUF model at ``gguf_path`` as a Hugging Face folder ``target`` (reused if present).
+
+    ``make_tokenizer(gguf_path)``, when given, builds the tokenizer instead of transformers' GGUF reader.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -22,7 +25,7 @@ def gguf_to_folder(gguf_path: str, target: str, dtype: str = "bfloat16") -> str:
         return target
     folder, name = os.path.split(os.path.abspath(gguf_path))
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer = make_tokenizer(gguf_path) if make_tokenizer else AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model.hf_quantizer = None  # the GGUF marker stops save_pretrained otherwise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

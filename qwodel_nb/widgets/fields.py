@@ -255,7 +255,7 @@ class SettingsForm:
             ChoiceRow("clip", "clipping", [("search: per-group ranges chosen by output error", "search"),
                                            ("observer: llm-compressor's MSE weight observer", "observer"),
                                            ("none: plain min-max ranges", "none")]),
-            ChoiceRow("awq_search", "scale search", [("fast: same choices as llm-compressor's, faster", "fast"),
+            ChoiceRow("awq_search", "scale search", [("fast: llm-compressor's choices, faster (a CPU screens first)", "fast"),
                                                      ("stock: llm-compressor's own loop", "stock")]),
             TextRow("text_column", "text column", "detected when empty", width="200px"),
             CheckRow("overwrite", "overwrite", "replace a non-empty output folder"),
