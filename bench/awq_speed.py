@@ -307,6 +307,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     from qwodel_nb.engine import awq_search
     from qwodel_nb.engine.awq import build_recipe, run_oneshot
     from qwodel_nb.engine.awq_capture import AWQModifier
+    from qwodel_nb.engine.evaluate import windows_perplexity
     from qwodel_nb.engine.progress import Emitter
 
     cuda = args.device == "cuda"
@@ -349,8 +350,6 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
 
     ppl = windows = None
     if texts is not None:
-        from qwodel_nb.engine.evaluate import windows_perplexity
-
         windows = heldout_windows(args, model, tokenizer, texts)
         ppl = windows_perplexity(windows)
     save_s = None

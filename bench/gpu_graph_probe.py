@@ -52,11 +52,11 @@ def build_layer(shape: str, dtype):
         for p in layer.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.02)
-    return layer, LlamaRotaryEmbedding(config).to("cuda"), config
+    return layer, LlamaRotaryEmbedding(config).to("cuda")
 
 
 def parent_call(layer, parent: str, batch, seq, rotary, dtype):
-    """The parent module, its balance layers and a function running it on fixed inputs."""
+    """The parent's balance layers and a function running the parent on fixed inputs."""
     import torch
 
     hidden = layer.self_attn.q_proj.in_features
@@ -77,13 +77,13 @@ def parent_call(layer, parent: str, batch, seq, rotary, dtype):
 
         def run():
             return module(x)
-    return module, balance, run
+    return balance, run
 
 
 def time_mapping(layer, parent: str, batch: int, seq: int, rotary, dtype, points: int = 20, repeats: int = 7) -> dict:
     import torch
 
-    _, balance, run = parent_call(layer, parent, batch, seq, rotary, dtype)
+    balance, run = parent_call(layer, parent, batch, seq, rotary, dtype)
     with torch.no_grad():
         reference = run().float()
         originals = [b.weight.detach().clone() for b in balance]
@@ -156,7 +156,7 @@ def main(argv=None) -> dict:
         raise SystemExit("gpu_graph_probe.py needs a GPU")
     rows = []
     for shape in args.shapes.split(","):
-        layer, rotary, _ = build_layer(shape, torch.bfloat16)
+        layer, rotary = build_layer(shape, torch.bfloat16)
         for parent in ("attention", "mlp"):
             row = {"shape": shape, **time_mapping(layer, parent, args.batch, args.seq, rotary, torch.bfloat16)}
             rows.append(row)

@@ -56,18 +56,18 @@ def bpe_tokenizer(gguf_path: str):
             if left is not None and right is not None and kinds[left] in mergeable and kinds[right] in mergeable:
                 merges.append((i, token[:cut], token[cut:]))
     merges.sort()
-    bos = int(fields["tokenizer.ggml.bos_token_id"].parts[-1][0])
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, a, b in merges], unk_token=tokens[3],
+    bos, eos, pad, unk = (tokens[int(fields[f"tokenizer.ggml.{name}_token_id"].parts[-1][0])]
+                          for name in ("bos", "eos", "padding", "unknown"))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, a, b in merges], unk_token=unk,
                                    byte_fallback=True, fuse_unk=True))
     backend.normalizer = normalizers.Replace(" ", "\u2581")
     backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, kinds) if k == _CONTROL])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, kinds) if k == _USER_DEFINED])
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A {tokens[bos]} $B", special_tokens=[(tokens[bos], bos)]
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=tokens[bos], eos_token="<eos>",
-                                   pad_token="<pad>", unk_token=tokens[3])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk)
 
 
 def gemma3_folder(gguf_path: str, target: str) -> str:

@@ -161,6 +161,8 @@ def test_gemma_tokenizer_is_the_bpe_its_gguf_scores_describe(bench_modules, tmp_
     writer.add_token_types(kinds)
     writer.add_bos_token_id(2)
     writer.add_eos_token_id(1)
+    writer.add_pad_token_id(0)
+    writer.add_unk_token_id(3)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -173,4 +175,4 @@ def test_gemma_tokenizer_is_the_bpe_its_gguf_scores_describe(bench_modules, tmp_
     assert tokenizer.convert_ids_to_tokens(ids) == [
         "<bos>", "a", "\u2581capital", "\u2581of", "\n\n", "c", "ap", "<0xC3>", "<0xA9>"]
     assert tokenizer.decode(ids, skip_special_tokens=True) == "a capital of\n\ncapé"
-    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (2, 1)
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) == (2, 1, 0, 3)
