@@ -14,6 +14,10 @@ windows from bench/corpus.py) and batch size for every variant:
 * ``fast-unscreened`` and ``fast-screened`` (only when asked for): ``fast`` with token screening
   (``qwodel_nb/engine/awq_screening.py``) forced off (every grid point on every token, the exact
   stock losses) or on. By default it is on on a CPU and off on a GPU.
+* ``fast-eager`` (only when asked for): ``fast`` with the attention parents' passes under
+  llm-compressor's eager attention instead of fused causal attention
+  (``qwodel_nb/engine/search_attention.py``, on by default on a GPU), to measure what it gains.
+  On a CPU the two are the same.
 
 Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
 asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
@@ -75,7 +79,7 @@ CASES = {
     "gemma3-cpu": dict(device="cpu", samples=8, seq_len=256, batch_size=8),
     "gemma3-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
-VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened")
+VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -337,6 +341,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     t1 = time.perf_counter()
     awq_search.FUSED_KERNEL = variant != "fast-unfused"
     awq_search.SCREENING = {"fast-unscreened": False, "fast-screened": True}.get(variant)
+    awq_search.FUSED_ATTENTION = False if variant == "fast-eager" else None
     try:
         with sampler, (around if around is not None else contextlib.nullcontext()):
             run_oneshot(model, tokenizer, calib.dataloader(), recipe)
@@ -345,6 +350,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     finally:
         awq_search.FUSED_KERNEL = True
         awq_search.SCREENING = None
+        awq_search.FUSED_ATTENTION = None
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -452,6 +458,9 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "peak_ratio": peak("fast") / peak("stock"),
         # what the fused candidate kernel gains: the PyTorch-operator candidates against it
         "speedup_fused_awq": mean("fast-unfused", "awq_s") / mean("fast", "awq_s") if by["fast-unfused"] else None,
+        # what fused causal attention gains: the same search under eager attention against it
+        "speedup_fused_attention_awq": mean("fast-eager", "awq_s") / mean("fast", "awq_s") if by["fast-eager"] else None,
+        "agreement_eager": agreement(by["stock"][0], by["fast-eager"][0]) if by["fast-eager"] else None,
         # what token screening gains: the search over every token against it
         "screening_compared": [screened, unscreened] if compare_screening else None,
         "speedup_screening_awq": mean(unscreened, "awq_s") / mean(screened, "awq_s") if compare_screening else None,
@@ -478,14 +487,15 @@ def markdown(s: dict) -> str:
     ppl = s["perplexity"]
     ran = s.get("variants", list(VARIANTS))
     heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates",
-             "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening"}
+             "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening",
+             "fast-eager": "fast, eager attention"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
     capture += f"; host time in statistics and events: at most {100 * s['capture_share_max']:.2f}% of the AWQ phase"
     rows = [
         f"### {s['case']} ({s['device_name']}; {s['samples']} x {s['seq_len']} tokens, batch {s['batch_size']}; "
-        f"{s['repeats']} repeat(s), {s['date']})",
+        f"{s['repeats']} repeat(s){' after an untimed warm-up run of each' if s.get('warmup') else ''}, {s['date']})",
         "",
         "| | " + " | ".join(heads[v] for v in ran) + " |",
         "| --- |" + " --- |" * len(ran),
@@ -514,6 +524,11 @@ def markdown(s: dict) -> str:
                     f"{u['same_choice']}/{u['mappings']} same choices, curves within {100 * u['max_curve_rel_diff']:.3f}%.")
     if s.get("speedup_fused_awq") is not None:
         rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
+    if s.get("speedup_fused_attention_awq") is not None:
+        e = s["agreement_eager"]
+        rows.append(f"- Fused causal attention: AWQ phase {s['speedup_fused_attention_awq']:.2f}x faster than the same search "
+                    f"under eager attention ({s['search'].get('fused_attention', 0)} mappings ran it). Under eager attention: "
+                    f"{e['same_choice']}/{e['mappings']} same choices as stock, curves within {100 * e['max_curve_rel_diff']:.3f}%.")
     if s["perplexity_rel_diff"] is not None:
         rows.append(f"- Perplexity fast vs stock: {100 * s['perplexity_rel_diff']:+.3f}%.")
     rows.append(f"- Fast search methods: {s['search']['methods']}; candidates from the fused kernel: "
@@ -551,6 +566,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-save", dest="save", action="store_false")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"any of {', '.join(VARIANTS)}")
+    parser.add_argument("--warmup", action="store_true", help="run each variant once, untimed, before the timed repeats")
     parser.add_argument("--profile", default="", help="variants to run under cProfile (top functions to RESULTS_DIR)")
     args = parser.parse_args(argv)
     fill_case_defaults(args)
@@ -572,6 +588,10 @@ def main(argv=None) -> dict:
     runs = []
     route_library_logs("WARNING")
     with library_bars_silenced():
+        for variant in variants[: len(variants) if args.warmup else 0]:
+            # untimed: first-use costs (Triton's compile of the fused kernel, CUDA's lazy loading)
+            # land here instead of in whichever timed run comes first
+            run_variant(variant, args, folder, tokenizer, calib, texts)
         for repeat in range(args.repeats):
             order = variants if repeat % 2 == 0 else list(reversed(variants))
             for variant in order:
@@ -587,6 +607,7 @@ def main(argv=None) -> dict:
         "seq_len": args.seq_len,
         "batch_size": calib.batch_size,
         "repeats": args.repeats,
+        "warmup": bool(args.warmup),
         "layers": args.layers if args.case == "llama8b-gpu" else None,
         "date": time.strftime("%Y-%m-%d"),
         "command": "python3 bench/awq_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -289,9 +289,9 @@ def _draw_grid(ax: "Axes", record: "MappingRecord", title: str | None = None) ->
                 marker=marker if duo else "o", ms=4.5, markerfacecolor=None if duo else "white", label=label)
     estimated = [(r, v) for r, v, e in zip(record.grid_ratios, record.grid_losses, record.exact_points)
                  if not e and math.isfinite(v)]
-    if estimated:  # token screening evaluated these on a slice of the tokens only
+    if estimated:  # token screening (a slice of the tokens) or fused attention (not confirmed) estimated these
         ax.plot(*zip(*estimated), ls="", marker="o", ms=6.5, markerfacecolor="white", markeredgecolor=_GREY,
-                markeredgewidth=1.0, zorder=4, label="estimated (screened out)", gid="estimated")
+                markeredgewidth=1.0, zorder=4, label="estimated (not confirmed)", gid="estimated")
     if math.isfinite(record.rtn_loss):
         ax.axhline(record.rtn_loss, color="black", ls=":", lw=1.0, label=f"RTN (identity) {record.rtn_loss:.3g}")
     chosen = ax.scatter([record.best_ratio], [record.best_loss], marker="*", s=190, color="#F0E442",

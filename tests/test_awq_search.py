@@ -96,6 +96,88 @@ def test_grid_batched_attention_equals_one_pass_per_point(batch):
     assert "forward" not in attention.q_proj.__dict__  # the temporary forward is gone
 
 
+def test_fused_attention_is_planned_only_for_the_plain_causal_mask():
+    from qwodel_nb.engine.search_attention import plan
+
+    attention, arguments = _attention_inputs(2, seq=6, hidden=32, heads=4, kv_heads=2)
+    below = torch.ones(6, 6, dtype=torch.bool).tril()
+    lowest = torch.zeros(2, 1, 6, 6).masked_fill(~below, torch.finfo(torch.float32).min)
+    padded = lowest.clone()
+    padded[1, :, :, 0] = torch.finfo(torch.float32).min  # sample 1's first token is padding
+    window = lowest.masked_fill(~torch.ones(6, 6, dtype=torch.bool).triu(-2), torch.finfo(torch.float32).min)
+
+    def planned(mask) -> bool:
+        return plan(attention, [dict(arguments, attention_mask=mask)]) is not None
+
+    assert planned(arguments["attention_mask"])  # -inf above the diagonal
+    assert planned(lowest)  # what transformers writes
+    assert planned(below.expand(2, 1, 6, 6))  # a boolean mask
+    assert not planned(padded)
+    assert not planned(window)  # a sliding window that cuts
+    assert not planned(None)  # no mask: eager attention would attend to every token
+    assert plan(attention.o_proj, [arguments]) is None  # no attention inside
+    attention.config.attn_logit_softcapping = 30.0  # what scaled_dot_product_attention leaves out
+    assert not planned(lowest)
+
+
+def test_fused_attention_pass_equals_eager_and_restores_the_config():
+    from qwodel_nb.engine.search_attention import plan, references_agree, relative_difference
+
+    attention, arguments = _attention_inputs(3, seq=9, hidden=32, heads=4, kv_heads=2)
+    with torch.no_grad():
+        eager = attention(**arguments)[0]
+    fused = plan(attention, [arguments])
+    assert fused is not None
+    with torch.no_grad(), fused.active():
+        assert attention.config._attn_implementation == "sdpa"
+        out = attention(**fused.arguments(arguments))[0]
+    assert attention.config._attn_implementation == "eager"
+    assert arguments["attention_mask"] is not None  # the cached arguments are left as they were
+    assert torch.allclose(out, eager, atol=1e-5)
+    assert relative_difference([out], [eager]) < 1e-5 and references_agree([out], [eager])
+    # the check that guards the swap: eager attention without its mask attends to later tokens
+    with torch.no_grad():
+        unmasked = attention(**fused.arguments(arguments))[0]
+    assert relative_difference([unmasked], [eager]) > 0.05 and not references_agree([unmasked], [eager])
+
+
+def test_direct_access_only_where_nothing_would_move():
+    from compressed_tensors.offload import offload_module
+    from compressed_tensors.offload.cache.base import OffloadCache
+
+    from qwodel_nb.engine.resident import direct_access, resident
+
+    cpu = torch.device("cpu")
+    layer = offload_module(torch.nn.Linear(4, 3), cpu, cpu)
+    batch = [{"input": torch.ones(2, 4), "extra": (torch.zeros(1), None)}]
+    assert resident(layer, batch, cpu)
+    with direct_access(layer, batch, cpu):
+        assert OffloadCache.onloading_disabled
+        out = layer(batch[0]["input"])
+    assert not OffloadCache.onloading_disabled
+    assert out.shape == (2, 3)
+    on_meta = [{"input": torch.ones(2, 4, device="meta")}]
+    assert not resident(layer, on_meta, cpu)  # an argument elsewhere: onloading would move it
+    with direct_access(layer, on_meta, cpu):
+        assert not OffloadCache.onloading_disabled
+    assert not resident(torch.nn.Linear(4, 3, device="meta"), batch, cpu)  # weights off the execution device
+
+
+def test_fused_passes_take_a_memory_budget_on_a_gpu_only():
+    references = [torch.zeros(2, 6, 32)]
+    assert awq_search.fused_pass_tokens(references, torch.device("cpu")) == 0  # a CPU keeps the token floor
+    assert awq_search.fused_pass_tokens([], torch.device("cpu")) == 0
+
+
+def test_points_near_the_best_fused_loss_are_confirmed():
+    from qwodel_nb.engine.search_attention import CONFIRM_WITHIN, to_confirm
+
+    assert CONFIRM_WITHIN == 0.02
+    assert to_confirm([1.0, 0.5, 0.509, 0.52, float("inf"), float("nan")]) == [1, 2]  # within 2% of 0.5
+    assert to_confirm([0.3]) == [0]
+    assert to_confirm([float("inf"), float("nan")]) == [0, 1]  # nothing to go by: every point
+
+
 def test_repeat_batch_leaves_broadcast_and_one_dimensional_arguments_alone():
     args = {"x": torch.zeros(2, 5, 3), "mask": torch.zeros(1, 1, 5, 5), "positions": torch.arange(2), "flag": True}
     out, batch = repeat_batch(args, 3)
@@ -162,6 +244,45 @@ def test_fast_search_makes_the_stock_choices(tiny_llama, calibration_texts, batc
     for name, tensor in stock_state.items():
         if tensor.is_floating_point():
             assert torch.allclose(fast_state[name], tensor, rtol=1e-4, atol=1e-6), name
+
+
+def test_fused_attention_search_makes_the_stock_choices(tiny_llama, calibration_texts, monkeypatch):
+    """Attention parents' passes under scaled_dot_product_attention (on by default on a GPU only):
+    the same choices as stock, losses equal up to float32 rounding; with the reference check made
+    impossible to pass, every mapping falls back to eager attention and stock's exact losses."""
+    from compressed_tensors.offload.cache.base import OffloadCache
+
+    from qwodel_nb.engine import search_attention
+    from qwodel_nb.engine.progress import GridPoint
+
+    _, stock = _awq_run(tiny_llama, calibration_texts, "stock")
+    monkeypatch.setattr(awq_search, "FUSED_ATTENTION", True)
+    direct = []  # per grid-point event (sent during the passes on a CPU): onloading skipped?
+    _, fast = _awq_run(tiny_llama, calibration_texts, "fast",
+                       listeners=[lambda e: direct.append(OffloadCache.onloading_disabled) if isinstance(e, GridPoint) else None])
+    monkeypatch.setattr(search_attention, "REFERENCE_TOLERANCE", -1.0)
+    _, refused = _awq_run(tiny_llama, calibration_texts, "fast")
+
+    summary = fast.search_summary
+    assert summary["fused_attention"] == 2  # one attention mapping per layer, two layers
+    assert summary["fused_attention_points"] == 40
+    assert 2 <= summary["fused_attention_points_confirmed"] < 40  # the points near the best, again under eager attention
+    assert refused.search_summary["fused_attention"] == 0
+    for f in fast.records:
+        # the records mark the unconfirmed points as estimates, and the choice is a confirmed point
+        attention_parent = f.smooth_layer.endswith("input_layernorm")
+        assert bool(f.grid_exact) == attention_parent
+        if attention_parent:
+            assert f.grid_exact[f.grid_losses.index(f.best_loss)]
+    attention_curves_differ = False
+    for s, f, r in zip(stock.records, fast.records, refused.records):
+        assert (f.best_ratio, f.duo_scaling) == (r.best_ratio, r.duo_scaling) == (s.best_ratio, s.duo_scaling)
+        for a, b, c in zip(s.grid_losses, f.grid_losses, r.grid_losses):
+            assert b == pytest.approx(a, rel=1e-4, abs=1e-12)
+            assert c == pytest.approx(a, rel=1e-6, abs=1e-12)
+        attention_curves_differ |= s.smooth_layer.endswith("input_layernorm") and f.grid_losses != r.grid_losses
+    assert attention_curves_differ  # the fused passes really ran another attention kernel
+    assert any(direct) and not OffloadCache.onloading_disabled  # direct access ran (engine/resident.py), and ended
 
 
 def test_fast_search_hands_unsupported_mappings_to_stock(tiny_llama, calibration_texts, monkeypatch):

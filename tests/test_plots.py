@@ -172,7 +172,7 @@ def test_grid_curve_marks_screening_estimates():
     ax = fig.axes[0]
     (hollow,) = [line for line in ax.lines if line.get_gid() == "estimated"]
     assert len(hollow.get_xdata()) == 16  # the sixteen points screening did not evaluate in full
-    assert "estimated (screened out)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "estimated (not confirmed)" in [t.get_text() for t in ax.get_legend().get_texts()]
     plain = plots.grid_curve(make_stats(2), layer=0, kind=r.kind)  # no estimates: no such marks
     assert not [line for line in plain.axes[0].lines if line.get_gid() == "estimated"]
     _png(fig)

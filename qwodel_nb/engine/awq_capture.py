@@ -89,6 +89,7 @@ class AWQModifier(_StockAWQModifier):
     _qw_batch_sums: Any = PrivateAttr(default=None)
     _qw_capture_s: float = PrivateAttr(default=0.0)
     _qw_fused: int = PrivateAttr(default=0)
+    _qw_attended: list = PrivateAttr(default_factory=list)  # per fused-attention mapping: (points confirmed, points)
     _qw_chosen: Any = PrivateAttr(default=None)  # the fast search's (index, exact flags) for the last mapping
     _qw_screened: list = PrivateAttr(default_factory=list)  # per screened mapping: (points confirmed, points)
 
@@ -133,6 +134,11 @@ class AWQModifier(_StockAWQModifier):
             "methods": dict(self._qw_methods),
             # mappings whose candidate weights the fused GPU kernel made (engine/fused_candidates.py)
             "fused_candidates": self._qw_fused,
+            # mappings whose parent passes ran fused causal attention (engine/search_attention.py), and
+            # grid points evaluated again under eager attention out of all their grid points
+            "fused_attention": len(self._qw_attended),
+            "fused_attention_points_confirmed": sum(c for c, _ in self._qw_attended),
+            "fused_attention_points": sum(n for _, n in self._qw_attended),
             # token screening (engine/awq_screening.py): mappings screened, and grid points evaluated
             # on all tokens out of all their grid points
             "screened": len(self._qw_screened),
@@ -371,6 +377,7 @@ class AWQModifier(_StockAWQModifier):
                     orig_layer_weights,
                     on_points=self._on_points if self._qw_capture else None,
                     screen=None if still_pays(self._qw_screened) else False,
+                    attention=None if still_pays(self._qw_attended) else False,
                 )
             except Unsupported as why:
                 self._qw_fallbacks.append({"mapping": mapping.smooth_name, "reason": str(why)})
@@ -381,7 +388,8 @@ class AWQModifier(_StockAWQModifier):
                 self._qw_fused += int(result.fused)
                 self._qw_chosen = (result.best_index, result.exact)
                 if result.confirmed is not None:
-                    self._qw_screened.append((len(result.confirmed), len(result.losses)))
+                    history = self._qw_attended if result.fused_attention else self._qw_screened
+                    history.append((len(result.confirmed), len(result.losses)))
                 return result.best_scales
         self._qw_methods["stock"] = self._qw_methods.get("stock", 0) + 1
         return super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)

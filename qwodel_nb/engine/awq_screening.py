@@ -74,7 +74,8 @@ def screening_default(device: torch.device) -> bool:
 
 
 def still_pays(history: Sequence[tuple[int, int]]) -> bool:
-    """Whether a run should keep screening, from its screened mappings' (confirmed, grid points)."""
+    """Whether a run should keep screening, from its screened mappings' (confirmed, grid points).
+    The search applies the same rule to fused attention's confirmations (``awq_capture``)."""
     if len(history) < SCREEN_GIVE_UP_AFTER:
         return True
     confirmed, points = sum(c for c, _ in history), sum(n for _, n in history)

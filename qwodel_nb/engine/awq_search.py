@@ -2,7 +2,9 @@
 
 On a CPU it screens the grid points on a slice of the samples by default (``engine/awq_screening.py``)
 and evaluates in full only those the slice cannot rule out: the same choices in every measured run,
-but not guaranteed.
+but not guaranteed. On a GPU, attention parents are searched under fused attention and the points
+near the best confirmed with stock's arithmetic (``engine/search_attention.py``): stock's choice as
+long as the two attentions' losses differ by less than 1% (they differed by at most 0.77%).
 
 For each resolved mapping, llm-compressor's ``AWQModifier._compute_best_scale`` tries every grid
 point (``n_grid`` = 20 by default) one after the other. Per point it copies the scaled weights
@@ -28,8 +30,17 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   are repeated ``g`` times along the batch dimension and each balance layer multiplies its slice
   with its own candidate weights (``torch.bmm``). ``g`` is bounded so that one pass never holds
   more tokens than the largest calibration batch (what the stock search already runs at once),
-  or a small floor when batches are tiny. One pass of ``g = 1`` uses ``F.linear`` exactly as the
-  stock forward does.
+  or a small floor when batches are tiny; under fused attention, by the memory the run has
+  already shown it can hold (:func:`fused_pass_tokens`). One pass of ``g = 1`` uses ``F.linear``
+  exactly as the stock forward does.
+* **Fused attention, then confirmation** (:mod:`.search_attention`; on by default on a GPU): an
+  attention parent whose cached masks are plain causal ones runs every grid point under
+  ``scaled_dot_product_attention`` (several points per pass, no score matrix), then the points
+  within 2% of the best again under eager attention, with stock's arithmetic; the choice is the
+  first minimum among those. A run stops doing this when the confirmations take more than half
+  the points (flat loss curves, where it would not pay).
+* **Direct tensor access** (:mod:`.resident`): where the parent and its cached arguments already
+  sit on the execution device, compressed-tensors' per-call onloading is skipped during the passes.
 * **Losses stay on the device** and are read back once per chunk of grid points (on a GPU, once
   per mapping), instead of once per point; the per-batch outputs are reduced at once instead of
   being kept for a final loss.
@@ -45,7 +56,8 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   rounding of both outputs to that dtype, which the exact form leaves out, so there the forward
   passes are used.
 
-The loss (of every point without screening, of the confirmed points with it) is the stock one:
+The loss (of every point without screening or fused attention, of the confirmed points with
+them) is the stock one:
 the mean squared error between the unquantized parent outputs given by llm-compressor and the
 candidate outputs, per batch ``F.mse_loss(..., reduction="sum")`` in the outputs' dtype, summed
 and divided by the number of elements; token loss masks and distributed all-reduce are honoured
@@ -68,7 +80,9 @@ import torch.nn.functional as F
 
 from .awq_screening import confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
 from .batch_arguments import map_batch, rows_and_tokens
-from .ranks import agree_min, agree_sum, all_reduce, is_distributed
+from .ranks import agree_all, agree_min, agree_sum, all_reduce, is_distributed
+from .resident import direct_access
+from .search_attention import PASS_ROW_UNITS, FusedAttention, plan, references_agree, to_confirm
 
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
 FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
@@ -91,6 +105,10 @@ FUSED_KEPT_FLOOR_BYTES = 32 * 1024**2
 #: None leaves it to the caller and the device (on by default on a CPU only); the speed benchmark
 #: forces it on or off to compare
 SCREENING: bool | None = None
+#: run attention parents' passes under fused causal attention where it computes eager's, then
+#: confirm the points near the best under eager attention (.search_attention): None leaves it to
+#: the caller and the device (on by default on a GPU only); the speed benchmark forces it off to compare
+FUSED_ATTENTION: bool | None = None
 
 
 class Unsupported(Exception):
@@ -105,12 +123,13 @@ class SearchResult:
     method: str  # "forward" or "gram"
     points_per_pass: int = 1
     fused: bool = False  # candidates made by the fused GPU kernel
-    confirmed: tuple[int, ...] | None = None  # with token screening: the points evaluated on every token
+    confirmed: tuple[int, ...] | None = None  # screening or fused attention: the points with stock's loss
+    fused_attention: bool = False  # the parent's passes ran fused causal attention (.search_attention)
     notes: list[str] = field(default_factory=list)
 
     @property
     def exact(self) -> tuple[bool, ...]:
-        """Per grid point: whether its loss is the stock loss (else a screening estimate)."""
+        """Per grid point: whether its loss is the stock loss (else a screening or fused-attention estimate)."""
         if self.confirmed is None:
             return (True,) * len(self.losses)
         return tuple(i in self.confirmed for i in range(len(self.losses)))
@@ -128,8 +147,8 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, grid: Se
         else:
             scales = x_mean.pow(ratio).clamp(min=1e-4).view(-1)
         scales = scales / (scales.max() * scales.min()).sqrt()
-        scales[torch.isinf(scales)] = 1
-        scales[torch.isnan(scales)] = 1
+        # stock sets inf and nan to 1 by boolean indexing, which waits for the device; the same values
+        scales = torch.where(torch.isfinite(scales), scales, torch.ones_like(scales))
         rows.append(scales.view(-1))
     return torch.stack(rows)
 
@@ -384,6 +403,17 @@ def points_per_pass(num_points: int, batch_tokens: int, device: torch.device, ca
     return max(1, min(num_points, by_tokens))
 
 
+def fused_pass_tokens(references: list[torch.Tensor], device: torch.device) -> int:
+    """Tokens a pass under fused attention may hold on a GPU: as many as fit in
+    :func:`gpu_working_budget` at ``PASS_ROW_UNITS`` output rows per token. Eager attention's score
+    matrix is gone from such a pass, so at the same memory it holds several grid points' tokens.
+    0 on a CPU (the usual bounds apply)."""
+    if device.type != "cuda" or not references:
+        return 0
+    row_bytes = references[0].shape[-1] * references[0].element_size()
+    return gpu_working_budget(device) // (row_bytes * PASS_ROW_UNITS)
+
+
 def _gram_is_cheaper(tokens: int, in_features: int, out_features: int, num_points: int) -> bool:
     direct = num_points * tokens * in_features * out_features
     gram = tokens * in_features * in_features + num_points * out_features * in_features * in_features
@@ -399,6 +429,7 @@ def search_best_scales(
     on_points: Callable[[list[int], list[float]], None] | None = None,
     live: bool | None = None,
     screen: bool | None = None,
+    attention: bool | None = None,
 ) -> SearchResult:
     """Evaluate every grid point of ``mapping`` and return the first best, as stock would.
 
@@ -406,7 +437,9 @@ def search_best_scales(
     ``live``, else once at the end); it may raise to stop the search (cancel). ``live`` defaults
     to true on a CPU, where reading a loss costs no synchronisation. ``screen`` allows token
     screening (:mod:`.awq_screening`) where the calibration set is large enough; by default
-    (None) on a CPU only. ``SCREENING``, when set, overrides both.
+    (None) on a CPU only. ``SCREENING``, when set, overrides both. ``attention`` allows fused
+    attention for an attention parent (:mod:`.search_attention`); by default (None) on a GPU only;
+    ``FUSED_ATTENTION``, when set, overrides it.
     """
     from compressed_tensors.utils import get_execution_device
 
@@ -450,11 +483,44 @@ def search_best_scales(
 
     screen = screening_default(device) if screen is None else screen
     screen = screen if SCREENING is None else SCREENING
-    losses, g, fused, confirmed = _forward_losses(
-        parent, quantized, orig_layer_weights, scales, grid, batches, fp16_outputs, masks, device, on_points, live,
-        screen,
-    )
-    return _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed)
+    attention = device.type == "cuda" if attention is None else attention
+    attention = attention if FUSED_ATTENTION is None else FUSED_ATTENTION
+    with direct_access(parent, batches, device):
+        losses, g, fused, confirmed, attended = _forward_losses(
+            parent, quantized, orig_layer_weights, scales, grid, batches, fp16_outputs, masks, device, on_points, live,
+            screen, attention,
+        )
+    result = _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed)
+    result.fused_attention = attended
+    return result
+
+
+@dataclass
+class _Attended:
+    """A parent's passes under fused attention: the switch, the batches without their mask
+    tensors, and the reference outputs recomputed under it."""
+
+    attention: FusedAttention
+    batches: list[dict[str, Any]]
+    references: list[torch.Tensor]
+
+
+def _fused_attention(parent: torch.nn.Module, batches: list[dict[str, Any]], references: list[torch.Tensor]) -> _Attended | None:
+    """Fused causal attention for this parent's passes (:mod:`.search_attention`), or None where it
+    does not apply or its references differ from llm-compressor's eager ones by more than
+    rounding. Every rank takes the same branch."""
+    attention = plan(parent, batches)
+    fused_batches: list[dict[str, Any]] = []
+    fused_references: list[torch.Tensor] = []
+    if attention is not None:
+        fused_batches = [attention.arguments(b) for b in batches]
+        with torch.no_grad(), attention.active():
+            fused_references = [_first_output(parent(**b)) for b in fused_batches]
+        if not references_agree(fused_references, references):
+            attention = None
+    if not agree_all(attention is not None):
+        return None
+    return _Attended(attention, fused_batches, fused_references)
 
 
 def _first(arguments: dict[str, Any]) -> torch.Tensor:
@@ -501,27 +567,40 @@ def _forward_losses(
     on_points: Callable | None,
     live: bool,
     screen: bool = False,
-) -> tuple[list[float], int, bool, tuple[int, ...] | None]:
-    """Every grid point's loss by forward passes of the parent: on all tokens, or screened.
+    attention: bool = False,
+) -> tuple[list[float], int, bool, tuple[int, ...] | None, bool]:
+    """Every grid point's loss by forward passes of the parent: on all tokens, screened, or under
+    fused attention and then confirmed. Returns the losses, the points per pass, whether the
+    fused candidate kernel made them, the points whose loss is stock's (None: all of them), and
+    whether fused attention ran.
 
     Screening (:mod:`.awq_screening`) is used when ``screen`` is set, the run has one process and
-    the calibration set is large enough for it to pay. Its losses are reported once, at the end;
-    without it they are reported as chunks finish when ``live``.
+    the calibration set is large enough for it to pay. Otherwise, with ``attention`` set, an
+    attention parent runs under fused attention where it applies (:func:`_attended_losses`).
+    Losses are reported once, at the end, except on all tokens without fused attention, where
+    they are reported as chunks finish when ``live``.
     """
     num_points = scales.shape[0]
     per_point = sum(orig_layer_weights[layer].numel() for layer in quantized)
     fused = all(fused_applies(layer, orig_layer_weights[layer], scales, quant_args_of(layer)) for layer in quantized)
     passes = _Passes(parent, quantized, orig_layer_weights, scales, device, per_point, fused,
                      cap_tokens=max((rows_and_tokens(b)[1] for b in batches), default=1))
+    fused = fused and bool(quantized)
     masks = list(masks) if masks else None
     # one process only: across ranks the slice would depend on how the samples were split
     cuts = screening_cuts(batches, num_points) if screen and not is_distributed() else None
+    attended = _fused_attention(parent, batches, fp16_outputs) if attention and cuts is None else None
+    if attended is not None:
+        losses, g, confirmed = _attended_losses(passes, attended, batches, fp16_outputs, masks, device)
+        if on_points is not None:
+            on_points(list(range(num_points)), losses)
+        return losses, g, fused, confirmed, True
     if cuts is None:
         report = on_points if live else None
         losses, g = passes.losses(list(range(num_points)), batches, fp16_outputs, masks, report=report)
         if on_points is not None and report is None:
             on_points(list(range(num_points)), losses)
-        return losses, g, fused and bool(quantized), None
+        return losses, g, fused, None, False
 
     screen_batches = [cut_arguments(batches[c.batch], c.rows) for c in cuts]
     screen_refs = [fp16_outputs[c.batch][: c.rows] for c in cuts]
@@ -531,7 +610,26 @@ def _forward_losses(
     losses = estimated_losses([math.fsum(row) for row in errors], confirmed)
     if on_points is not None:
         on_points(list(range(num_points)), losses)
-    return losses, g, fused and bool(quantized), tuple(sorted(confirmed))
+    return losses, g, fused, tuple(sorted(confirmed)), False
+
+
+def _attended_losses(passes: "_Passes", attended: _Attended, batches: list[dict[str, Any]],
+                     references: list[torch.Tensor], masks: list | None,
+                     device: torch.device) -> tuple[list[float], int, tuple[int, ...]]:
+    """Every point's loss under fused attention, then the points near the best again under eager
+    attention (:func:`.search_attention.to_confirm`): those get stock's losses, the others keep
+    their fused losses as estimates. Stock's choice is among the confirmed points as long as the
+    two attentions' losses differ by less than half the confirmation margin."""
+    num_points = passes.scales.shape[0]
+    cap_tokens = max(passes.cap_tokens, fused_pass_tokens(attended.references, device))
+    estimates, g = passes.losses(list(range(num_points)), attended.batches, attended.references, masks,
+                                 attention=attended.attention, cap_tokens=cap_tokens)
+    todo = to_confirm(estimates)
+    exact, _ = passes.losses(todo, batches, references, masks)
+    losses = list(estimates)
+    for point, loss in zip(todo, exact):
+        losses[point] = loss
+    return losses, g, tuple(todo)
 
 
 class _Passes:
@@ -565,15 +663,20 @@ class _Passes:
         self._kept = (list(span), kept)
         return kept
 
-    def chunk_size(self, n: int, batches: list[dict[str, Any]]) -> int:
-        """Grid points per forward pass for ``n`` points over ``batches``, the same on every rank
-        (the chunk size sets how many times the losses are all-reduced when read live)."""
+    def chunk_size(self, n: int, batches: list[dict[str, Any]], cap_tokens: int | None = None) -> int:
+        """Grid points per forward pass for ``n`` points over ``batches`` (at most ``cap_tokens``
+        tokens per pass, by default the instance's), the same on every rank (the chunk size sets how
+        many times the losses are all-reduced when read live)."""
         pass_tokens = max((rows_and_tokens(b)[1] for b in batches), default=1)
-        return int(agree_min(min(self.q_max, points_per_pass(n, pass_tokens, self.device, self.cap_tokens))))
+        cap = cap_tokens or self.cap_tokens
+        return int(agree_min(min(self.q_max, points_per_pass(n, pass_tokens, self.device, cap))))
 
-    def _outputs(self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], g_max: int):
+    def _outputs(self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], g_max: int,
+                 attention: FusedAttention | None = None):
         """Per chunk of ``g_max`` grid points and calibration batch: ``(start, g, b, outputs)``, the
-        parent's outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference]."""
+        parent's outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference],
+        under fused ``attention`` if given."""
+        active = attention.active if attention is not None else contextlib.nullcontext
         n = len(points)
         quantized_from, candidates = -1, {}
         for start in range(0, n, g_max):
@@ -587,7 +690,7 @@ class _Passes:
             weights = {layer: c[offset : offset + g] for layer, c in candidates.items()}
             for b, arguments in enumerate(batches):
                 expanded, batch = repeat_batch(arguments, g)
-                with candidate_forwards(weights, g):
+                with candidate_forwards(weights, g), active():
                     output = _first_output(self.parent(**expanded))
                 reference = references[b]
                 if output.shape[0] != g * batch or output.shape[1:] != reference.shape[1:]:
@@ -604,9 +707,12 @@ class _Passes:
         masks: list | None,
         *,
         report: Callable | None = None,
+        attention: FusedAttention | None = None,
+        cap_tokens: int | None = None,
     ) -> tuple[list[float], int]:
         """The stock loss of each of ``points`` over ``batches`` (all ranks' tokens), and the
-        points per pass used. ``report(indices, losses)`` gets them chunk by chunk if given."""
+        points per pass used. ``report(indices, losses)`` gets them chunk by chunk if given. Under
+        fused ``attention`` (and its ``cap_tokens``) the same loss with another attention kernel."""
         n = len(points)
         sums = torch.zeros(n, dtype=torch.float32, device=self.device)
         elements = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -614,9 +720,9 @@ class _Passes:
             mask = masks[b] if masks else None
             elements += int(reference[mask.to(reference.device) == 1].numel()) if mask is not None else reference.numel()
 
-        g_max = self.chunk_size(n, batches)
+        g_max = self.chunk_size(n, batches, cap_tokens)
         reported, done = 0, []
-        for start, g, b, outputs in self._outputs(points, batches, references, g_max):
+        for start, g, b, outputs in self._outputs(points, batches, references, g_max, attention):
             reference = references[b]
             mask = masks[b] if masks else None
             token_mask = (mask.to(reference.device) == 1) if mask is not None else None

@@ -308,8 +308,8 @@ def make_settings(**options: Any) -> Settings:
     awq_search = _text("awq_search", opts.get("awq_search", "fast")).lower()
     if awq_search not in AWQ_SEARCHES:
         raise SettingsError(
-            f"awq_search {awq_search!r} is not known; use 'fast' (the default: faster, with stock's choices on a GPU) "
-            "or 'stock' (llm-compressor's own grid search loop)."
+            f"awq_search {awq_search!r} is not known; use 'fast' (the default: faster, with stock's choices "
+            "in every measured run) or 'stock' (llm-compressor's own grid search loop)."
         )
 
     clip = _text("clip", opts.get("clip", "search")).lower()

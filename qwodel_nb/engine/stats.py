@@ -104,7 +104,8 @@ class MappingRecord:
     scales: Any = field(default=None, repr=False)  # numpy array, one scale per input channel
     activation_means: Any = field(default=None, repr=False)
     #: per grid point, whether its loss is the stock loss over all tokens; empty when all are. Token
-    #: screening (engine/awq_screening.py) evaluates only a few points in full and estimates the rest
+    #: screening (engine/awq_screening.py) evaluates only a few points in full and estimates the rest;
+    #: fused attention (engine/search_attention.py) confirms only the points near the best
     grid_exact: tuple[bool, ...] = field(default=(), repr=False)
 
     @property
@@ -145,7 +146,7 @@ class MappingRecord:
 
     @property
     def exact_points(self) -> tuple[bool, ...]:
-        """Per grid point, whether its loss is exact (not a screening estimate)."""
+        """Per grid point, whether its loss is exact (not a screening or fused-attention estimate)."""
         return self.grid_exact or (True,) * len(self.grid_losses)
 
     def flat(self) -> dict[str, Any]:
