@@ -34,6 +34,24 @@ def test_speed_benchmark_tiny_cpu(bench_modules, tmp_path):
     assert "AWQ smoothing step" in awq_speed.markdown(summary)
 
 
+def test_speed_benchmark_warms_up_and_compares_eager_attention(bench_modules, tmp_path):
+    """--warmup runs each variant once untimed; fast-eager is the fast search with fused attention
+    forced off (on a CPU it is off anyway, so both keep stock's choices)."""
+    import json
+
+    awq_speed, _ = bench_modules
+    summary = awq_speed.main(["--case", "tiny-cpu", "--samples", "8", "--seq-len", "64", "--batch-size", "4",
+                              "--variants", "stock,fast,fast-eager", "--warmup", "--no-save",
+                              "--results-dir", str(tmp_path), "--workdir", str(tmp_path)])
+    runs = json.loads((tmp_path / "awq_speed_tiny-cpu.json").read_text())["runs"]
+    assert [r["variant"] for r in runs] == ["stock", "fast", "fast-eager"]  # the warm-up runs are not kept
+    assert summary["warmup"] is True and summary["speedup_fused_attention_awq"] > 0
+    assert summary["agreement_eager"]["same_share"] == 1.0
+    assert summary["search"]["fused_attention"] == 0  # a CPU keeps eager attention by default
+    text = awq_speed.markdown(summary)
+    assert "after an untimed warm-up run of each" in text and "Fused causal attention" in text
+
+
 def test_speed_benchmark_compares_token_screening(bench_modules, tmp_path):
     """32 x 128 tokens: enough for the fast search to screen on a CPU (its default there)."""
     awq_speed, _ = bench_modules
