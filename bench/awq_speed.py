@@ -301,8 +301,8 @@ def stock_recorder_class():
 
 
 def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, clip: str = "none", around=None) -> dict:
-    """One AWQ run: ``variant`` is "stock" (llm-compressor's class with the loss recorder),
-    "fast", "fast-nocapture" or "fast-unfused" (qwodel's class); ``clip`` as qwodel's setting (stock: "none");
+    """One AWQ run: ``variant`` is "stock" (llm-compressor's class with the loss recorder) or one of
+    the fast variants of ``VARIANTS`` (qwodel's class); ``clip`` as qwodel's setting (stock: "none");
     ``around``, a context manager entered around the oneshot call alone (``--profile``'s cProfile,
     bench/awq_profile.py's torch.profiler)."""
     import torch
@@ -588,10 +588,11 @@ def main(argv=None) -> dict:
     runs = []
     route_library_logs("WARNING")
     with library_bars_silenced():
-        for variant in variants[: len(variants) if args.warmup else 0]:
+        if args.warmup:
             # untimed: first-use costs (Triton's compile of the fused kernel, CUDA's lazy loading)
             # land here instead of in whichever timed run comes first
-            run_variant(variant, args, folder, tokenizer, calib, texts)
+            for variant in variants:
+                run_variant(variant, args, folder, tokenizer, calib, texts)
         for repeat in range(args.repeats):
             order = variants if repeat % 2 == 0 else list(reversed(variants))
             for variant in order:

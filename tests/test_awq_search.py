@@ -6,6 +6,8 @@ models built locally, on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -158,6 +160,12 @@ def test_direct_access_only_where_nothing_would_move():
     assert out.shape == (2, 3)
     on_meta = [{"input": torch.ones(2, 4, device="meta")}]
     assert not resident(layer, on_meta, cpu)  # an argument elsewhere: onloading would move it
+
+    @dataclasses.dataclass
+    class Held:
+        value: torch.Tensor
+
+    assert not resident(layer, [{"input": torch.ones(2, 4), "held": Held(torch.ones(1, device="meta"))}], cpu)
     with direct_access(layer, on_meta, cpu):
         assert not OffloadCache.onloading_disabled
     assert not resident(torch.nn.Linear(4, 3, device="meta"), batch, cpu)  # weights off the execution device

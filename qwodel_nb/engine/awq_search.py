@@ -490,9 +490,7 @@ def search_best_scales(
             parent, quantized, orig_layer_weights, scales, grid, batches, fp16_outputs, masks, device, on_points, live,
             screen, attention,
         )
-    result = _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed)
-    result.fused_attention = attended
-    return result
+    return _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed, attended)
 
 
 @dataclass
@@ -528,7 +526,7 @@ def _first(arguments: dict[str, Any]) -> torch.Tensor:
 
 
 def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int,
-            fused: bool = False, confirmed: tuple[int, ...] | None = None) -> SearchResult:
+            fused: bool = False, confirmed: tuple[int, ...] | None = None, fused_attention: bool = False) -> SearchResult:
     exact = confirmed if confirmed is not None else range(len(losses))
     best_index, best_error = -1, float("inf")
     for i in exact:  # screened: only confirmed points are candidates for the choice
@@ -551,7 +549,7 @@ def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[floa
     )
     best = scales[best_index].clone()
     assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
-    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused, confirmed)
+    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused, confirmed, fused_attention)
 
 
 def _forward_losses(
@@ -591,7 +589,7 @@ def _forward_losses(
     cuts = screening_cuts(batches, num_points) if screen and not is_distributed() else None
     attended = _fused_attention(parent, batches, fp16_outputs) if attention and cuts is None else None
     if attended is not None:
-        losses, g, confirmed = _attended_losses(passes, attended, batches, fp16_outputs, masks, device)
+        losses, g, confirmed = _attended_losses(passes, attended, batches, fp16_outputs, masks)
         if on_points is not None:
             on_points(list(range(num_points)), losses)
         return losses, g, fused, confirmed, True
@@ -614,14 +612,13 @@ def _forward_losses(
 
 
 def _attended_losses(passes: "_Passes", attended: _Attended, batches: list[dict[str, Any]],
-                     references: list[torch.Tensor], masks: list | None,
-                     device: torch.device) -> tuple[list[float], int, tuple[int, ...]]:
+                     references: list[torch.Tensor], masks: list | None) -> tuple[list[float], int, tuple[int, ...]]:
     """Every point's loss under fused attention, then the points near the best again under eager
     attention (:func:`.search_attention.to_confirm`): those get stock's losses, the others keep
     their fused losses as estimates. Stock's choice is among the confirmed points as long as the
     two attentions' losses differ by less than half the confirmation margin."""
     num_points = passes.scales.shape[0]
-    cap_tokens = max(passes.cap_tokens, fused_pass_tokens(attended.references, device))
+    cap_tokens = max(passes.cap_tokens, fused_pass_tokens(attended.references, passes.device))
     estimates, g = passes.losses(list(range(num_points)), attended.batches, attended.references, masks,
                                  attention=attended.attention, cap_tokens=cap_tokens)
     todo = to_confirm(estimates)

@@ -16,6 +16,7 @@ parent, and every tensor of the cached arguments, already on the execution devic
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -26,6 +27,8 @@ def _same(a: torch.device, b: torch.device) -> bool:
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor compressed-tensors' onloading would move (``send_tensors``): inside tuples,
+    lists, dicts and dataclasses."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, (tuple, list)):
@@ -34,6 +37,9 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, dict):
         for item in value.values():
             yield from _tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _tensors(getattr(value, f.name))
 
 
 def _module_tensors(module: torch.nn.Module) -> Iterator[torch.Tensor]:

@@ -74,14 +74,14 @@ def _causal(mask: Any, tokens: int) -> bool:
     (or True) on and below the diagonal, the dtype's lowest value (or False) above it."""
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[-2:]) != (tokens, tokens):
         return False
-    below = torch.ones(tokens, tokens, dtype=torch.bool, device=mask.device).tril()
+    below = torch.ones(tokens, tokens, dtype=torch.bool, device=mask.device).tril().expand_as(mask)
     if mask.dtype == torch.bool:
-        return bool(torch.equal(mask, below.expand_as(mask)))
+        return bool(torch.equal(mask, below))
     if not mask.dtype.is_floating_point:
         return False
     allowed = mask == 0
     blocked = mask <= torch.finfo(mask.dtype).min  # transformers writes the lowest value; -inf is the same
-    return bool(torch.equal(allowed, below.expand_as(mask)) and torch.equal(blocked, ~below.expand_as(mask)))
+    return bool(torch.equal(allowed, below) and torch.equal(blocked, ~below))
 
 
 @dataclass
