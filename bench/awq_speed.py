@@ -18,6 +18,11 @@ windows from bench/corpus.py) and batch size for every variant:
   llm-compressor's eager attention instead of fused causal attention
   (``qwodel_nb/engine/search_attention.py``, on by default on a GPU), to measure what it gains.
   On a CPU the two are the same.
+* ``fast-cpu-activations`` and ``stock-gpu-activations`` (only when asked for, GPU cases): on a
+  GPU the fast variants keep the sequential pipeline's cache of each layer's inputs on the GPU, as
+  the tool does when they fit (``qwodel_nb/engine/pipeline_cache.py``), while stock keeps
+  llm-compressor's default, the CPU. These two swap that placement, to measure its share apart
+  from the search's.
 
 Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
 asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
@@ -79,7 +84,8 @@ CASES = {
     "gemma3-cpu": dict(device="cpu", samples=8, seq_len=256, batch_size=8),
     "gemma3-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
-VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager")
+VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
+            "fast-cpu-activations", "stock-gpu-activations")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -326,7 +332,9 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     load_s = time.perf_counter() - t0
 
     events = [0]
-    if variant == "stock":
+    stock = variant.startswith("stock")
+    activations_on_device = cuda and variant != "fast-cpu-activations" and (not stock or variant == "stock-gpu-activations")
+    if stock:
         recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=stock_recorder_class())
     else:
         recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier, clip=clip)
@@ -344,7 +352,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_search.FUSED_ATTENTION = False if variant == "fast-eager" else None
     try:
         with sampler, (around if around is not None else contextlib.nullcontext()):
-            run_oneshot(model, tokenizer, calib.dataloader(), recipe)
+            run_oneshot(model, tokenizer, calib.dataloader(), recipe, activations_on_device=activations_on_device)
             if cuda:
                 torch.cuda.synchronize()
     finally:
@@ -366,7 +374,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         save_s = time.perf_counter() - t2
         shutil.rmtree(tmp, ignore_errors=True)
 
-    if variant == "stock":
+    if stock:
         curves = [(name, list(losses)) for name, losses in awq._curves]
         chosen = [min(range(len(c)), key=lambda i: (c[i], i)) for _, c in curves]
         exact = [[True] * len(c) for _, c in curves]
@@ -392,8 +400,9 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         "curves": curves,
         "chosen": chosen,
         "exact": exact,  # per mapping and grid point: the stock loss (else a token-screening estimate)
-        "search": awq.search_summary if variant != "stock" else None,
-        "smoothing_s": awq._smoothing_s if variant == "stock" else awq.search_summary["smoothing_s"],
+        "search": None if stock else awq.search_summary,
+        "smoothing_s": awq._smoothing_s if stock else awq.search_summary["smoothing_s"],
+        "activations_on_device": activations_on_device,
     }
     from qwodel_nb.engine.release import release
 
@@ -461,6 +470,17 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         # what fused causal attention gains: the same search under eager attention against it
         "speedup_fused_attention_awq": mean("fast-eager", "awq_s") / mean("fast", "awq_s") if by["fast-eager"] else None,
         "agreement_eager": agreement(by["stock"][0], by["fast-eager"][0]) if by["fast-eager"] else None,
+        # where the pipeline keeps each layer's inputs: fast with llm-compressor's default (the CPU)
+        # against fast, and stock against stock with them on the GPU
+        "speedup_activations_fast_awq": (mean("fast-cpu-activations", "awq_s") / mean("fast", "awq_s")
+                                         if by["fast-cpu-activations"] else None),
+        "speedup_activations_stock_awq": (mean("stock", "awq_s") / mean("stock-gpu-activations", "awq_s")
+                                          if by["stock-gpu-activations"] else None),
+        # the search alone: both with the layer inputs on the GPU
+        "speedup_awq_same_placement": (mean("stock-gpu-activations", "awq_s") / mean("fast", "awq_s")
+                                       if by["stock-gpu-activations"] else None),
+        "agreement_stock_gpu_activations": (agreement(by["stock"][0], by["stock-gpu-activations"][0])
+                                            if by["stock-gpu-activations"] else None),
         # what token screening gains: the search over every token against it
         "screening_compared": [screened, unscreened] if compare_screening else None,
         "speedup_screening_awq": mean(unscreened, "awq_s") / mean(screened, "awq_s") if compare_screening else None,
@@ -488,7 +508,8 @@ def markdown(s: dict) -> str:
     ran = s.get("variants", list(VARIANTS))
     heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates",
              "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening",
-             "fast-eager": "fast, eager attention"}
+             "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
+             "stock-gpu-activations": "stock, layer inputs on the GPU"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -529,6 +550,13 @@ def markdown(s: dict) -> str:
         rows.append(f"- Fused causal attention: AWQ phase {s['speedup_fused_attention_awq']:.2f}x faster than the same search "
                     f"under eager attention ({s['search'].get('fused_attention', 0)} mappings ran it). Under eager attention: "
                     f"{e['same_choice']}/{e['mappings']} same choices as stock, curves within {100 * e['max_curve_rel_diff']:.3f}%.")
+    if s.get("speedup_activations_fast_awq") is not None:
+        rows.append(f"- Layer inputs on the GPU instead of the CPU: fast {s['speedup_activations_fast_awq']:.2f}x faster with them there.")
+    if s.get("speedup_activations_stock_awq") is not None:
+        g = s["agreement_stock_gpu_activations"]
+        rows.append(f"- The same for stock: {s['speedup_activations_stock_awq']:.2f}x ({g['same_choice']}/{g['mappings']} same "
+                    f"choices as stock, curves within {100 * g['max_curve_rel_diff']:.3f}%). Stock with its layer inputs on the "
+                    f"GPU against fast: AWQ phase **{s['speedup_awq_same_placement']:.2f}x**.")
     if s["perplexity_rel_diff"] is not None:
         rows.append(f"- Perplexity fast vs stock: {100 * s['perplexity_rel_diff']:+.3f}%.")
     rows.append(f"- Fast search methods: {s['search']['methods']}; candidates from the fused kernel: "

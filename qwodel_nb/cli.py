@@ -60,7 +60,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration shuffle")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--awq-search", default="fast", choices=("fast", "stock"),
-                   help="AWQ scale search: fast (default; 1.5-3x faster than stock on a GPU, with stock's choices in every "
+                   help="AWQ scale search: fast (default; 2-4x faster than stock on a GPU, with stock's choices in every "
                         "measured run; on a CPU it screens grid points on a slice of the samples first) or stock "
                         "(llm-compressor's own loop)")
     p.add_argument("--clip", default="search", choices=("search", "observer", "none"),

@@ -13,7 +13,7 @@ from typing import Any
 from .engine.autoconfig import table_row
 from .engine.calibration import CalibrationSet
 from .engine.plan import Placement, Plan
-from .engine.report import backoff_text, format_plan, format_vram, ram_text
+from .engine.report import backoff_text, format_plan, format_vram, peak_gpu_text, ram_text
 from .engine.vram import VramReport, format_bytes
 
 _STYLE = (
@@ -152,7 +152,7 @@ class PlanView:
         if p.output_note:
             run_rows.append(("warning", f"<b style='color:#D55E00'>{_e(p.output_note)}</b>"))
         if p.est_peak_gpu_bytes is not None:
-            run_rows.append(("peak GPU", _e(f"about {format_bytes(p.est_peak_gpu_bytes)} (estimate)")))
+            run_rows.append(("peak GPU", _e(peak_gpu_text(p))))
         if ram_text(p):
             run_rows.append(("CPU memory", _e(ram_text(p))))
         return (f"{_STYLE}<div class='qwodel'><b>Plan</b>{_table(model_rows)}"

@@ -59,6 +59,35 @@ def test_candidate_scales_follow_the_stock_formula():
     assert torch.isfinite(scales).all()
 
 
+def _stock_scales(x_mean, w_mean, ratio, use_duo):
+    """llm-compressor 0.14's per-point formula, written out as it is there."""
+    if use_duo:
+        scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
+    else:
+        scales = x_mean.pow(ratio).clamp(min=1e-4).view(-1)
+    scales = scales / (scales.max() * scales.min()).sqrt()
+    scales[torch.isinf(scales)] = 1
+    scales[torch.isnan(scales)] = 1
+    return scales.view(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_candidate_scales_are_bit_identical_to_stock_on_every_grid_point(dtype):
+    torch.manual_seed(3)
+    x_mean = torch.rand(96, dtype=dtype).pow(3) * 40
+    x_mean[5] = 0.0  # a channel never activated
+    w_mean = torch.rand(96, dtype=dtype) * 0.2
+    grid = [(i / 20, True) for i in range(20)] + [(i / 20, False) for i in range(20)]
+    scales = candidate_scales(x_mean, w_mean, grid)
+    for row, (ratio, use_duo) in zip(scales, grid):
+        assert torch.equal(row, _stock_scales(x_mean, w_mean, ratio, use_duo)), (ratio, use_duo)
+    # a mean that overflows the normalisation: stock's inf/nan -> 1, here too
+    x_mean[7] = torch.finfo(dtype).max
+    scales = candidate_scales(x_mean, w_mean, grid)
+    for row, (ratio, use_duo) in zip(scales, grid):
+        assert torch.equal(row, _stock_scales(x_mean, w_mean, ratio, use_duo)), (ratio, use_duo)
+
+
 def _attention_inputs(batch: int, seq: int, hidden: int, heads: int, kv_heads: int):
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
@@ -184,6 +213,48 @@ def test_points_near_the_best_fused_loss_are_confirmed():
     assert to_confirm([1.0, 0.5, 0.509, 0.52, float("inf"), float("nan")]) == [1, 2]  # within 2% of 0.5
     assert to_confirm([0.3]) == [0]
     assert to_confirm([float("inf"), float("nan")]) == [0, 1]  # nothing to go by: every point
+
+
+def test_candidate_rows_are_views_where_they_run_in_order():
+    scales = torch.arange(20.0).view(10, 2)
+    run = awq_search._rows(scales, [3, 4, 5])
+    assert torch.equal(run, scales[[3, 4, 5]])
+    assert run.data_ptr() == scales[3].data_ptr()  # a view: nothing copied, no index sent to a device
+    picked = awq_search._rows(scales, [7, 2, 9])
+    assert torch.equal(picked, scales[[7, 2, 9]]) and picked.data_ptr() != scales.data_ptr()
+    assert awq_search._rows(scales, []).shape == (0, 2)
+
+
+def test_smoothing_skips_the_eval_walk_only_where_eval_mode_is_set():
+    """The smoothing loop's calibration context: the same context, without model.train(False) and
+    its restore when every module is in eval mode already (as inside the sequential pipeline)."""
+    from qwodel_nb.engine.awq_smoothing import _calibration_context
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    calls = []
+    original = torch.nn.Module.train
+
+    def counting(self, mode=True):
+        calls.append(mode)
+        return original(self, mode)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.Module, "train", counting)
+        model.train()
+        calls.clear()
+        with _calibration_context(model):
+            assert not model.training and not model[1].training and not torch.is_grad_enabled()
+        assert model.training and model[1].training  # restored
+        assert calls  # the walk ran: the model was in training mode
+
+        model.eval()
+        calls.clear()
+        with _calibration_context(model):
+            assert not model.training and not torch.is_grad_enabled()
+        assert calls == [] and not model.training
+    from llmcompressor.utils import helpers
+
+    assert helpers.eval_context.__module__ == "llmcompressor.utils.helpers"  # unpatched afterwards
 
 
 def test_repeat_batch_leaves_broadcast_and_one_dimensional_arguments_alone():

@@ -36,20 +36,27 @@ def test_speed_benchmark_tiny_cpu(bench_modules, tmp_path):
 
 def test_speed_benchmark_warms_up_and_compares_eager_attention(bench_modules, tmp_path):
     """--warmup runs each variant once untimed; fast-eager is the fast search with fused attention
-    forced off (on a CPU it is off anyway, so both keep stock's choices)."""
+    forced off (on a CPU it is off anyway, so both keep stock's choices); the two placement
+    variants swap where the pipeline keeps the layer inputs (on a CPU, the CPU for all)."""
     import json
 
     awq_speed, _ = bench_modules
+    variants = ["stock", "fast", "fast-eager", "fast-cpu-activations", "stock-gpu-activations"]
     summary = awq_speed.main(["--case", "tiny-cpu", "--samples", "8", "--seq-len", "64", "--batch-size", "4",
-                              "--variants", "stock,fast,fast-eager", "--warmup", "--no-save",
+                              "--variants", ",".join(variants), "--warmup", "--no-save",
                               "--results-dir", str(tmp_path), "--workdir", str(tmp_path)])
     runs = json.loads((tmp_path / "awq_speed_tiny-cpu.json").read_text())["runs"]
-    assert [r["variant"] for r in runs] == ["stock", "fast", "fast-eager"]  # the warm-up runs are not kept
+    assert [r["variant"] for r in runs] == variants  # the warm-up runs are not kept
+    assert not any(r["activations_on_device"] for r in runs)
     assert summary["warmup"] is True and summary["speedup_fused_attention_awq"] > 0
     assert summary["agreement_eager"]["same_share"] == 1.0
     assert summary["search"]["fused_attention"] == 0  # a CPU keeps eager attention by default
+    assert summary["speedup_activations_fast_awq"] > 0 and summary["speedup_awq_same_placement"] > 0
+    assert summary["agreement_stock_gpu_activations"]["same_share"] == 1.0
+    assert summary["agreement_stock_gpu_activations"]["max_curve_rel_diff"] == 0.0  # stock, run twice alike
     text = awq_speed.markdown(summary)
     assert "after an untimed warm-up run of each" in text and "Fused causal attention" in text
+    assert "Layer inputs on the GPU instead of the CPU" in text and "Stock with its layer inputs on the GPU" in text
 
 
 def test_speed_benchmark_compares_token_screening(bench_modules, tmp_path):

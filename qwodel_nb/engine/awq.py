@@ -122,9 +122,16 @@ def distributed_workarounds() -> Iterator[bool]:
         awq_base._allreduce_data_sum, quant_base.is_distributed = saved
 
 
-def run_oneshot(model: Any, tokenizer: Any, dataloader: Any, recipe: list) -> None:
-    """Calibrate ``model`` in place with ``recipe`` over ``dataloader`` (batches already formed)."""
+def run_oneshot(model: Any, tokenizer: Any, dataloader: Any, recipe: list, *, activations_on_device: bool = False) -> None:
+    """Calibrate ``model`` in place with ``recipe`` over ``dataloader`` (batches already formed).
+
+    ``activations_on_device`` keeps the sequential pipeline's cache of each layer's inputs (the
+    hidden states, the rotary tables and the attention mask of every sample) on the execution
+    device instead of llm-compressor's default, the CPU, which copies them to the device and back
+    for every layer (see ``engine/pipeline_cache.py`` for when a run does this).
+    """
     from llmcompressor import oneshot
+    from llmcompressor.utils.dev import get_main_device
 
     with cpu_pin_memory_workaround(), distributed_workarounds():
         oneshot(
@@ -132,6 +139,7 @@ def run_oneshot(model: Any, tokenizer: Any, dataloader: Any, recipe: list) -> No
             processor=tokenizer,
             dataset=dataloader,
             recipe=recipe,  # a DataLoader is used as it is: our batches, our batch size
+            sequential_offload_device=str(get_main_device()) if activations_on_device else "cpu",
         )
 
 

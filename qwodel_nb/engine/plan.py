@@ -17,6 +17,7 @@ from .errors import OutputError, QwodelError, SettingsError
 from .layout import Layout, plan_layout
 from .model_info import ModelInfo, TORCH_DTYPE_BYTES, inspect_model
 from .output import check_output
+from .pipeline_cache import fits_on_gpu, layer_inputs_bytes
 from .resources import RamEstimate, available_ram_bytes, check_disk, estimate_ram, free_disk_bytes
 from .secrets import Secret, resolve_token
 from .settings import Settings
@@ -48,6 +49,10 @@ class Plan:
     est_ram: RamEstimate | None = None  # host memory at most (num_samples x seq_len tokens)
     available_ram_bytes: int | None = None
     free_disk_bytes: int | None = None
+    # the sequential pipeline's cache of each layer's inputs (engine/pipeline_cache.py): its size
+    # for one process's samples, and whether it is kept on the GPU (else on the CPU)
+    layer_inputs_bytes: int = 0
+    layer_inputs_on_gpu: bool = False
 
     @property
     def gpus(self) -> int:
@@ -118,6 +123,7 @@ class Plan:
             "output_note": self.output_note,
             "estimated_output_bytes": self.est_output_bytes,
             "estimated_peak_gpu_bytes": self.est_peak_gpu_bytes,
+            "layer_inputs": {"bytes": self.layer_inputs_bytes, "on": "gpu" if self.layer_inputs_on_gpu else "cpu"},
             "estimated_peak_ram_bytes": self.est_ram.total if self.est_ram else None,
             "estimated_peak_ram_parts": dict(self.est_ram.parts) if self.est_ram else None,
             "available_ram_bytes": self.available_ram_bytes,
@@ -317,11 +323,18 @@ def make_plan(
                     raise
                 output_note = exc.message
     peak = None
+    per_process = -(-calibration.num_samples.value // settings.gpus)  # each process caches its share
+    seq = calibration.seq_len.value
+    inputs = layer_inputs_bytes(info.config, TORCH_DTYPE_BYTES.get(compute_dtype, 2), per_process * seq, seq)
+    inputs_on_gpu = False
     if device == "cuda":
-        per_process = -(-calibration.num_samples.value // settings.gpus)  # each GPU caches its share
         peak = estimate_peak_gpu(
             info, placement, compute_dtype, calibration.batch_size.value, calibration.seq_len.value, per_process
         )
+        free = min((g.free_bytes for g in vram.gpus[: settings.gpus]), default=None)
+        inputs_on_gpu = fits_on_gpu(inputs, free, peak)
+        if inputs_on_gpu:
+            peak += inputs
     plan = Plan(
         settings=settings,
         token=token,
@@ -342,6 +355,8 @@ def make_plan(
         est_peak_gpu_bytes=peak,
         free_disk_bytes=free_disk,
         available_ram_bytes=available_ram_bytes(),
+        layer_inputs_bytes=inputs,
+        layer_inputs_on_gpu=inputs_on_gpu,
     )
     # An upper bound: every sample at seq_len tokens. run() checks again with the real token count.
     plan.est_ram = estimate_ram(plan, plan.num_samples * plan.seq_len, plan.batch_size * plan.seq_len)

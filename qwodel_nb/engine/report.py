@@ -43,13 +43,25 @@ def format_plan(plan: Plan) -> str:
     if plan.output_note:
         lines.append(f"warning      {plan.output_note}")
     if plan.est_peak_gpu_bytes is not None:
-        lines.append(f"peak GPU     about {format_bytes(plan.est_peak_gpu_bytes)} (estimate)")
+        lines.append(f"peak GPU     {peak_gpu_text(plan)}")
     ram = ram_text(plan)
     if ram:
         lines.append(f"CPU memory   {ram}")
     if plan.token is not None:
         lines.append(f"token        *** (from {plan.token.source})")
     return "\n".join(lines)
+
+
+def peak_gpu_text(plan: Plan) -> str:
+    """The estimated GPU peak, and where the pipeline keeps the layer inputs between layers."""
+    if plan.layer_inputs_on_gpu:
+        where = "on the GPU"
+    elif not plan.gpus_used:
+        where = "on the CPU (the GPU's free memory is unknown)"
+    else:
+        where = "on the CPU (they would take more than half of the GPU memory spare beyond the peak)"
+    return (f"about {format_bytes(plan.est_peak_gpu_bytes)} (estimate); layer inputs "
+            f"({format_bytes(plan.layer_inputs_bytes)}) kept {where}")
 
 
 def gpus_text(plan: Plan) -> str:

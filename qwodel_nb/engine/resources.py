@@ -10,9 +10,10 @@ model's shapes and the calibration tokens (``per`` = bytes of the compute dtype)
 
 * the weights, when they live on the CPU (a CPU run, or layers onloaded one at a time):
   ``parameters x per``;
-* the sequential pipeline's cache, which it keeps on the CPU for every sample: the inputs and the
-  outputs of one decoder layer plus the rotary cos/sin tables, ``tokens x (2 hidden + 2 head_dim)
-  x per``, and the token ids and attention mask, ``tokens x 16``;
+* the sequential pipeline's cache of every sample's layer inputs, unless a GPU run keeps it on
+  the GPU (``engine/pipeline_cache.py``): the inputs and the outputs of one decoder layer plus the
+  rotary cos/sin tables and the 4-D attention mask, ``tokens x (2 hidden + 2 head_dim + seq_len)
+  x per``, and the token ids and 2-D mask, ``tokens x 16``;
 * on a CPU run, AWQ's own caches, which live on the compute device: the inputs of every parent
   module of one layer (attention, o_proj, MLP, down_proj) and two sets of outputs,
   ``tokens x (5 hidden + intermediate) x per``, and one batch through a layer: its activations,
@@ -30,6 +31,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from .errors import ResourceError
+from .pipeline_cache import layer_inputs_bytes
 from .vram import format_bytes
 
 MIB = 1024**2
@@ -128,7 +130,6 @@ def estimate_ram(plan, tokens: int, batch_tokens: int) -> RamEstimate:
     hidden = info.hidden_size or 4096
     inter = getattr(text, "intermediate_size", None) or 4 * hidden
     heads = getattr(text, "num_attention_heads", None) or max(hidden // 128, 1)
-    head_dim = getattr(text, "head_dim", None) or hidden // max(heads, 1)
     vocab = getattr(text, "vocab_size", None) or 0
     on_cpu = plan.device == "cpu"
     weights_on_cpu = on_cpu or not plan.placement.startswith("whole model")
@@ -137,7 +138,7 @@ def estimate_ram(plan, tokens: int, batch_tokens: int) -> RamEstimate:
     copies = "" if processes == 1 else f" (x{processes} processes)"
     parts = {
         "weights on the CPU" + copies: processes * info.param_count * per if weights_on_cpu else 0,
-        "layer cache": tokens * (2 * hidden + 2 * head_dim) * per + tokens * 16,
+        "layer cache": 0 if plan.layer_inputs_on_gpu else layer_inputs_bytes(info.config, per, tokens, seq),
         "AWQ cache": tokens * (5 * hidden + inter) * per if on_cpu else 0,
         "one batch" + copies: processes * batch_tokens * ((3 * inter + 4 * hidden + vocab) * per + heads * seq * per)
         if on_cpu else 0,

@@ -138,7 +138,8 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
         clip=plan.settings.clip,
     )
     capture = recipe[0].observe(emitter, plan.model.num_layers, search=plan.settings.awq_search, clip=plan.settings.clip)
-    run_oneshot(model, tokenizer, calibration.dataloader(ranks.rank(), ranks.world_size()), recipe)
+    run_oneshot(model, tokenizer, calibration.dataloader(ranks.rank(), ranks.world_size()), recipe,
+                activations_on_device=plan.layer_inputs_on_gpu)
     if plan.save_dtype != plan.compute_dtype:
         model.to(getattr(torch, plan.save_dtype))
     return Stats(capture.records, search=capture.search_summary, clips=capture.clips)
