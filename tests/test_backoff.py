@@ -46,6 +46,17 @@ def test_policy_order_on_a_gpu():
     ]
 
 
+def test_policy_moves_layer_inputs_off_the_gpu_first():
+    """What the plan spent on speed goes first: the pipeline's layer inputs back to the CPU."""
+    ladder = _ladder(Sizes(4, 512, 32, WHOLE, "gpu"))
+    assert ladder[0] == ("layer_inputs", "gpu", "cpu")
+    assert ladder[1:] == _ladder(Sizes(4, 512, 32, WHOLE, "cpu"))
+    # out of memory while loading the weights: the placement first, the inputs on the next failure
+    assert _ladder(Sizes(2, 256, 16, WHOLE, "gpu"), phase="load_model")[:2] == [
+        ("placement", WHOLE, LAYERED), ("layer_inputs", "gpu", "cpu")]
+    assert "layer inputs on the GPU" in Sizes(4, 512, 32, WHOLE, "gpu").describe()
+
+
 def test_policy_when_the_weights_do_not_fit_while_loading():
     assert _ladder(Sizes(2, 256, 16, WHOLE), phase="load_model")[0] == ("placement", WHOLE, LAYERED)
 

@@ -66,9 +66,24 @@ def test_plan_keeps_layer_inputs_on_a_roomy_gpu(monkeypatch, tiny_llama, calibra
     assert tight.placement == layered and not tight.layer_inputs_on_gpu
     assert tight.est_peak_gpu_bytes == peak  # the inputs are not counted on the GPU
     assert tight.est_ram.parts["layer cache"] == expected
-    assert "kept on the CPU" in format_plan(tight)
+    assert "kept on the CPU (they would take more than half" in format_plan(tight)
     roomier = _gpu_plan(monkeypatch, tiny_llama, calibration_texts, peak + 2 * expected)
     assert roomier.placement == layered and roomier.layer_inputs_on_gpu and roomier.est_peak_gpu_bytes == peak + expected
+
+
+def test_back_off_moves_the_layer_inputs_to_the_cpu(monkeypatch, tiny_llama, calibration_texts):
+    from qwodel_nb.engine.backoff import WHOLE, Sizes, apply_step, next_step
+    from qwodel_nb.engine.report import format_plan
+
+    plan = _gpu_plan(monkeypatch, tiny_llama, calibration_texts, 139 * GIB)
+    step = next_step(Sizes(plan.batch_size, plan.seq_len, plan.num_samples, WHOLE, "gpu"), "awq", 1, "CUDA out of memory.")
+    assert (step.setting, step.old, step.new) == ("layer_inputs", "gpu", "cpu")
+    moved = apply_step(plan, step)
+    assert not moved.layer_inputs_on_gpu and plan.layer_inputs_on_gpu  # a copy
+    assert moved.est_peak_gpu_bytes == plan.est_peak_gpu_bytes - plan.layer_inputs_bytes
+    assert moved.est_ram.parts["layer cache"] == plan.layer_inputs_bytes
+    assert (moved.batch_size, moved.seq_len, moved.num_samples) == (plan.batch_size, plan.seq_len, plan.num_samples)
+    assert "kept on the CPU (moved there after the GPU ran out of memory)" in format_plan(moved)
 
 
 def test_cpu_plan_counts_layer_inputs_in_host_memory(tiny_llama, calibration_texts):

@@ -3,6 +3,9 @@
 A run that hits CUDA out-of-memory is retried from the start (the model is reloaded: AWQ has
 already changed the weights of the layers it finished) with one setting lowered:
 
+0. where the plan kept llm-compressor's layer inputs on the GPU (``engine/pipeline_cache.py``),
+   they go back to the CPU, llm-compressor's default: costs speed only, and gives back what the
+   plan spent on speed before anything the user chose is touched;
 1. ``batch_size``, halved down to 1: costs speed only;
 2. where the whole model sat on the GPU, the placement: weights stay on the CPU and
    llm-compressor onloads one decoder layer at a time (speed only; taken first when the
@@ -37,10 +40,12 @@ class Sizes:
     seq_len: int
     num_samples: int
     placement: str | None = None  # WHOLE or LAYERED on a GPU; None on the CPU
+    layer_inputs: str | None = None  # where the pipeline kept the layer inputs on a GPU: "gpu" or "cpu"
 
     def describe(self) -> str:
         text = f"batch_size={self.batch_size}, seq_len={self.seq_len}, num_samples={self.num_samples}"
-        return text + (f", weights {self.placement}" if self.placement else "")
+        text += f", weights {self.placement}" if self.placement else ""
+        return text + (f", layer inputs on the {self.layer_inputs.upper()}" if self.layer_inputs else "")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -52,7 +57,7 @@ class Step:
 
     attempt: int  # 1-based number of the attempt that failed
     phase: str  # where it ran out of memory: load_model, awq, save...
-    setting: str  # batch_size, placement, seq_len or num_samples
+    setting: str  # layer_inputs, batch_size, placement, seq_len or num_samples
     old: Any
     new: Any
     tried: Sizes
@@ -104,6 +109,8 @@ def next_step(tried: Sizes, phase: str, attempt: int, error: str) -> Step | None
 
     if phase == "load_model" and tried.placement == WHOLE:
         return step("placement", WHOLE, LAYERED)
+    if tried.layer_inputs == "gpu":
+        return step("layer_inputs", "gpu", "cpu")
     if tried.batch_size > 1:
         return step("batch_size", tried.batch_size, max(1, tried.batch_size // 2))
     if tried.placement == WHOLE:
@@ -117,6 +124,13 @@ def next_step(tried: Sizes, phase: str, attempt: int, error: str) -> Step | None
 
 def apply_step(plan, step: Step):
     """A copy of ``plan`` with the step's setting lowered (or its placement changed)."""
+    if step.setting == "layer_inputs":
+        from .resources import estimate_ram
+
+        peak = plan.est_peak_gpu_bytes - plan.layer_inputs_bytes if plan.est_peak_gpu_bytes is not None else None
+        moved = dataclasses.replace(plan, layer_inputs_on_gpu=False, est_peak_gpu_bytes=peak)
+        moved.est_ram = estimate_ram(moved, moved.num_samples * moved.seq_len, moved.batch_size * moved.seq_len)
+        return moved
     if step.setting == "placement":
         gpu = plan.vram.calibration_gpu()
         return dataclasses.replace(plan, placement=f"weights on CPU, one layer at a time on GPU {gpu.index if gpu else 0}")

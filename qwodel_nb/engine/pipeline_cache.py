@@ -15,7 +15,8 @@ gained 1.09x and 1.12x from the same change. The peak GPU memory fell slightly i
 
 A GPU run keeps them on the GPU when they fit with room to spare: they may take at most
 ``SPARE_SHARE`` of the memory the GPU has free beyond the run's estimated peak. Otherwise, and on
-a CPU (where both places are the same), they stay where llm-compressor puts them.
+a CPU (where both places are the same), they stay where llm-compressor puts them. A run that runs
+out of GPU memory moves them back to the CPU before it lowers anything else (engine/backoff.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .model_info import TORCH_DTYPE_BYTES
+from .pipeline_cache import fits_on_gpu
 from .plan import Plan
 from .run import RunResult
 from .vram import VramReport, format_bytes
@@ -58,6 +59,8 @@ def peak_gpu_text(plan: Plan) -> str:
         where = "on the GPU"
     elif not plan.gpus_used:
         where = "on the CPU (the GPU's free memory is unknown)"
+    elif fits_on_gpu(plan.layer_inputs_bytes, min(g.free_bytes for g in plan.gpus_used), plan.est_peak_gpu_bytes):
+        where = "on the CPU (moved there after the GPU ran out of memory)"
     else:
         where = "on the CPU (they would take more than half of the GPU memory spare beyond the peak)"
     return (f"about {format_bytes(plan.est_peak_gpu_bytes)} (estimate); layer inputs "

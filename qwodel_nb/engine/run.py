@@ -189,11 +189,18 @@ def _placement_kind(plan: Plan) -> str | None:
     return WHOLE if plan.placement.startswith("whole model") else LAYERED
 
 
+def _layer_inputs_kind(plan: Plan) -> str | None:
+    if plan.device == "cpu":
+        return None
+    return "gpu" if plan.layer_inputs_on_gpu else "cpu"
+
+
 def _sizes(plan: Plan, calibration: CalibrationSet | None) -> Sizes:
+    where = _placement_kind(plan), _layer_inputs_kind(plan)
     if calibration is None:
-        return Sizes(plan.batch_size, plan.seq_len, plan.num_samples, _placement_kind(plan))
+        return Sizes(plan.batch_size, plan.seq_len, plan.num_samples, *where)
     longest = max(calibration.lengths, default=plan.seq_len)
-    return Sizes(calibration.batch_size, min(plan.seq_len, longest), calibration.num_samples, _placement_kind(plan))
+    return Sizes(calibration.batch_size, min(plan.seq_len, longest), calibration.num_samples, *where)
 
 
 def _check_rank_shares(calibration: CalibrationSet, world: int) -> None:
