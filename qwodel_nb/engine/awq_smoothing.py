@@ -75,6 +75,7 @@ def _calibration_context(model: torch.nn.Module) -> Iterator[None]:
     eval mode already: inside the sequential pipeline, which entered the same context, that is
     always so, and each walk took about 3 ms on SmolLM2-135M (397 modules) on this project's CPU.
     Reading the modes back is a walk without the setter's cost."""
+    from compressed_tensors.utils import patch_attr
     from llmcompressor.utils import helpers
 
     with contextlib.ExitStack() as stack:
@@ -82,7 +83,7 @@ def _calibration_context(model: torch.nn.Module) -> Iterator[None]:
             stack.enter_context(helpers.calibration_forward_context(model))
         else:
             # calibration_forward_context looks eval_context up when it is entered
-            with _patched(helpers, "eval_context", _unchanged):
+            with patch_attr(helpers, "eval_context", _unchanged):
                 stack.enter_context(helpers.calibration_forward_context(model))
         yield
 
@@ -90,16 +91,6 @@ def _calibration_context(model: torch.nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def _unchanged(model: torch.nn.Module) -> Iterator[None]:
     yield
-
-
-@contextlib.contextmanager
-def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 def _smooth(mapping: Any, scales: torch.Tensor, original: dict, update: Any) -> None:
