@@ -248,6 +248,16 @@ def cprofile_into(path: str):
             fh.write(buf.getvalue())
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc's malloc_trim), where there is one."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the baseline then includes whatever the allocator keeps
+
+
 class RssSampler:
     """Peak resident set size of this process, sampled in a thread (ru_maxrss never goes down)."""
 
@@ -324,6 +334,8 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
+    else:
+        release_free_heap()  # else an earlier run's freed pages, reused here, hide this run's growth
     baseline = torch.cuda.memory_allocated() if cuda else RssSampler.rss()
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
@@ -464,7 +476,8 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "speedup_awq": mean("stock", "awq_s") / mean("fast", "awq_s"),
         "speedup_smoothing": mean("stock", "smoothing_s") / mean("fast", "smoothing_s"),
         "speedup_end_to_end": mean("stock", "end_to_end_s") / mean("fast", "end_to_end_s"),
-        "peak_ratio": peak("fast") / peak("stock"),
+        # None where stock's peak did not rise above its baseline (RSS on a host that reused freed memory)
+        "peak_ratio": peak("fast") / peak("stock") if peak("stock") > 0 else None,
         # what the fused candidate kernel gains: the PyTorch-operator candidates against it
         "speedup_fused_awq": mean("fast-unfused", "awq_s") / mean("fast", "awq_s") if by["fast-unfused"] else None,
         # what fused causal attention gains: the same search under eager attention against it
@@ -529,7 +542,7 @@ def markdown(s: dict) -> str:
         "| held-out perplexity | " + " | ".join("n/a" if ppl[v] is None else f"{ppl[v]:.3f}" for v in ran) + " |",
         "",
         f"- Stock/fast: AWQ smoothing step **{s['speedup_smoothing']:.2f}x**, AWQ phase **{s['speedup_awq']:.2f}x**; end to end {s['speedup_end_to_end']:.2f}x; "
-        f"peak fast/stock {s['peak_ratio']:.3f}{capture}.",
+        f"peak fast/stock {'n/a' if s['peak_ratio'] is None else format(s['peak_ratio'], '.3f')}{capture}.",
         f"- Same best grid point for {a['same_choice']}/{a['mappings']} mappings ({100 * a['same_share']:.1f}%); "
         f"where different, stock's losses at the two points differ by at most {100 * a['max_loss_rel_diff_where_differing']:.3f}%; "
         f"largest relative difference between the two loss curves {100 * a['max_curve_rel_diff']:.3f}% "
