@@ -23,6 +23,11 @@ windows from bench/corpus.py) and batch size for every variant:
   the tool does when they fit (``qwodel_nb/engine/pipeline_cache.py``), while stock keeps
   llm-compressor's default, the CPU. These two swap that placement, to measure its share apart
   from the search's.
+* ``fast-whole-candidates`` (only when asked for, CPU cases): ``fast`` with the PyTorch-operator
+  candidates made many grid points per call, as before the ninth session, instead of a point and
+  a cache-sized block of rows at a time (``CPU_PIECE_ELEMENTS`` in
+  ``qwodel_nb/engine/awq_search.py``), to measure what the pieces gain. On a GPU the fused kernel
+  makes them, so the two are the same there.
 
 Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
 asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
@@ -85,7 +90,7 @@ CASES = {
     "gemma3-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
-            "fast-cpu-activations", "stock-gpu-activations")
+            "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -357,11 +362,14 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    pieces = awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES
     sampler = RssSampler(enabled=not cuda)  # on a GPU the sampling thread would only compete for the GIL
     t1 = time.perf_counter()
     awq_search.FUSED_KERNEL = variant != "fast-unfused"
     awq_search.SCREENING = {"fast-unscreened": False, "fast-screened": True}.get(variant)
     awq_search.FUSED_ATTENTION = False if variant == "fast-eager" else None
+    if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
+        awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
         with sampler, (around if around is not None else contextlib.nullcontext()):
             run_oneshot(model, tokenizer, calib.dataloader(), recipe, activations_on_device=activations_on_device)
@@ -371,6 +379,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         awq_search.FUSED_KERNEL = True
         awq_search.SCREENING = None
         awq_search.FUSED_ATTENTION = None
+        awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = pieces
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -480,6 +489,12 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "peak_ratio": peak("fast") / peak("stock") if peak("stock") > 0 else None,
         # what the fused candidate kernel gains: the PyTorch-operator candidates against it
         "speedup_fused_awq": mean("fast-unfused", "awq_s") / mean("fast", "awq_s") if by["fast-unfused"] else None,
+        # what making a CPU's candidates in cache-sized pieces gains: many points per call against it
+        "speedup_pieces_awq": (mean("fast-whole-candidates", "awq_s") / mean("fast", "awq_s")
+                               if by["fast-whole-candidates"] else None),
+        # against fast itself: the pieces change no value, so nothing should differ
+        "agreement_whole_candidates": (agreement(by["fast"][0], by["fast-whole-candidates"][0])
+                                       if by["fast-whole-candidates"] else None),
         # what fused causal attention gains: the same search under eager attention against it
         "speedup_fused_attention_awq": mean("fast-eager", "awq_s") / mean("fast", "awq_s") if by["fast-eager"] else None,
         "agreement_eager": agreement(by["stock"][0], by["fast-eager"][0]) if by["fast-eager"] else None,
@@ -522,7 +537,7 @@ def markdown(s: dict) -> str:
     heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates",
              "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening",
              "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
-             "stock-gpu-activations": "stock, layer inputs on the GPU"}
+             "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -556,6 +571,11 @@ def markdown(s: dict) -> str:
                     f"{found.get('screened', 0)} mappings screened, {found.get('screened_points_confirmed', 0)} of their "
                     f"{found.get('screened_points', 0)} grid points evaluated on every token. Without it: "
                     f"{u['same_choice']}/{u['mappings']} same choices, curves within {100 * u['max_curve_rel_diff']:.3f}%.")
+    if s.get("speedup_pieces_awq") is not None:
+        w = s["agreement_whole_candidates"]
+        rows.append(f"- Candidates in cache-sized pieces: AWQ phase {s['speedup_pieces_awq']:.2f}x faster than with "
+                    f"many grid points per call (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
+                    f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
     if s.get("speedup_fused_awq") is not None:
         rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
     if s.get("speedup_fused_attention_awq") is not None:

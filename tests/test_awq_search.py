@@ -29,7 +29,11 @@ def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, g
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_stacked_quantization_is_bit_identical_to_the_observer_path(dtype, symmetric):
+@pytest.mark.parametrize("piece", [None, 1000], ids=["whole", "in-pieces"])
+def test_stacked_quantization_is_bit_identical_to_the_observer_path(dtype, symmetric, piece, monkeypatch):
+    """All points in one call, or (``piece``) a point and 7 rows at a time, as a CPU makes large layers'."""
+    if piece is not None:
+        monkeypatch.setattr(awq_search, "CPU_PIECE_ELEMENTS", piece)  # 1000 // 128 columns: 7 rows, the last piece short
     layer = _quantized_linear(128, 48, dtype, group_size=64, symmetric=symmetric)
     weight = layer.weight.detach().clone()
     x_mean = torch.rand(128) + 0.05
@@ -275,7 +279,8 @@ def test_points_per_pass_is_bounded_by_the_largest_batch():
     assert awq_search.points_per_pass(20, 512, cpu) == 8  # 4096 // 512
     assert awq_search.points_per_pass(20, 10, cpu) == 20  # never more than the grid
     assert awq_search.points_quantized_together(20, 10**4, cpu) == 20  # small layers: all candidates at once
-    assert awq_search.points_quantized_together(20, 2 * 10**6, cpu) == 8  # 256 MiB // (2M elements * 16 bytes)
+    assert awq_search.points_quantized_together(20, 2 * 10**6, cpu) == 20  # SmolLM2's MLP: all 20 kept, 153 MiB
+    assert awq_search.points_quantized_together(20, 10**7, cpu) == 6  # 256 MiB // (10M elements * 4 bytes)
     assert awq_search.points_quantized_together(20, 10**9, cpu) == 1
 
 

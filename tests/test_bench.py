@@ -44,7 +44,7 @@ def test_speed_benchmark_warms_up_and_compares_eager_attention(bench_modules, tm
     import json
 
     awq_speed, _ = bench_modules
-    variants = ["stock", "fast", "fast-eager", "fast-cpu-activations", "stock-gpu-activations"]
+    variants = ["stock", "fast", "fast-eager", "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates"]
     summary = awq_speed.main(["--case", "tiny-cpu", "--samples", "8", "--seq-len", "64", "--batch-size", "4",
                               "--variants", ",".join(variants), "--warmup", "--no-save",
                               "--results-dir", str(tmp_path), "--workdir", str(tmp_path)])
@@ -60,6 +60,10 @@ def test_speed_benchmark_warms_up_and_compares_eager_attention(bench_modules, tm
     text = awq_speed.markdown(summary)
     assert "after an untimed warm-up run of each" in text and "Fused causal attention" in text
     assert "Layer inputs on the GPU instead of the CPU" in text and "Stock with its layer inputs on the GPU" in text
+    # candidates made many points per call, as before: the same values, so the same losses as fast's
+    assert summary["speedup_pieces_awq"] > 0 and summary["agreement_whole_candidates"]["same_share"] == 1.0
+    assert summary["agreement_whole_candidates"]["max_curve_rel_diff"] == 0.0
+    assert "Candidates in cache-sized pieces" in text
 
 
 def test_speed_benchmark_compares_token_screening(bench_modules, tmp_path):
