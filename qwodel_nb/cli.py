@@ -61,8 +61,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--awq-search", default="fast", choices=("fast", "stock"),
                    help="AWQ scale search: fast (default; 2-4x faster than stock on a GPU, with stock's choices in every "
-                        "measured run; on a CPU it screens grid points on a slice of the samples first; 1.5-2.2x on two cores) or stock "
-                        "(llm-compressor's own loop)")
+                        "measured run; on a CPU it screens grid points on a slice of the samples first; 1.5-2.2x on two "
+                        "cores) or stock (llm-compressor's own loop)")
     p.add_argument("--clip", default="search", choices=("search", "observer", "none"),
                    help="weight clipping after smoothing: search (default; per-group ranges chosen "
                         "by output error), observer (llm-compressor's MSE observer) or none")

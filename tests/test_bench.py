@@ -40,7 +40,8 @@ def test_speed_benchmark_tiny_cpu(bench_modules, tmp_path):
 def test_speed_benchmark_warms_up_and_compares_eager_attention(bench_modules, tmp_path):
     """--warmup runs each variant once untimed; fast-eager is the fast search with fused attention
     forced off (on a CPU it is off anyway, so both keep stock's choices); the two placement
-    variants swap where the pipeline keeps the layer inputs (on a CPU, the CPU for all)."""
+    variants swap where the pipeline keeps the layer inputs (on a CPU, the CPU for all);
+    fast-whole-candidates makes the CPU's candidate weights many points per call, as before the pieces."""
     import json
 
     awq_speed, _ = bench_modules
