@@ -408,10 +408,11 @@ def points_quantized_together(num_points: int, numel_per_point: int, device: tor
     On a CPU as many as a fixed working set allows (``CPU_WORKING_BYTES``), counting the kept
     candidates only (``CPU_KEPT_BYTES`` per element): they are made in cache-sized pieces
     (:func:`_candidates_in_pieces`), whose temporaries are small. On a GPU, as many as fit
-    twice: the working set of making them (``QUANT_WORKING_BYTES`` per element) within :func:`gpu_working_budget`, and the
-    kept bf16/fp16 candidates, which stay during the forward passes, within a few percent of what
-    is allocated. The ``fused`` kernel needs no working set beyond its result; its kept candidates
-    get ``FUSED_KEPT_FRACTION`` of what is allocated, or ``FUSED_KEPT_FLOOR_BYTES``.
+    twice: the working set of making them (``QUANT_WORKING_BYTES`` per element) within
+    :func:`gpu_working_budget`, and the kept bf16/fp16 candidates, which stay during the forward
+    passes, within a few percent of what is allocated. The ``fused`` kernel needs no working set
+    beyond its result; its kept candidates get ``FUSED_KEPT_FRACTION`` of what is allocated, or
+    ``FUSED_KEPT_FLOOR_BYTES``.
     """
     if numel_per_point <= 0:
         return num_points

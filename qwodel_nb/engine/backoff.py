@@ -125,11 +125,11 @@ def next_step(tried: Sizes, phase: str, attempt: int, error: str) -> Step | None
 def apply_step(plan, step: Step):
     """A copy of ``plan`` with the step's setting lowered (or its placement changed)."""
     if step.setting == "layer_inputs":
-        from .resources import estimate_ram
+        from .resources import plan_ram
 
         peak = plan.est_peak_gpu_bytes - plan.layer_inputs_bytes if plan.est_peak_gpu_bytes is not None else None
         moved = dataclasses.replace(plan, layer_inputs_on_gpu=False, est_peak_gpu_bytes=peak)
-        moved.est_ram = estimate_ram(moved, moved.num_samples * moved.seq_len, moved.batch_size * moved.seq_len)
+        moved.est_ram = plan_ram(moved)
         return moved
     if step.setting == "placement":
         gpu = plan.vram.calibration_gpu()

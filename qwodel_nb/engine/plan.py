@@ -18,7 +18,7 @@ from .layout import Layout, plan_layout
 from .model_info import ModelInfo, TORCH_DTYPE_BYTES, inspect_model
 from .output import check_output
 from .pipeline_cache import fits_on_gpu, layer_inputs_bytes
-from .resources import RamEstimate, available_ram_bytes, check_disk, estimate_ram, free_disk_bytes
+from .resources import RamEstimate, available_ram_bytes, check_disk, free_disk_bytes, plan_ram
 from .secrets import Secret, resolve_token
 from .settings import Settings
 from .vram import VramReport, probe
@@ -358,6 +358,5 @@ def make_plan(
         layer_inputs_bytes=inputs,
         layer_inputs_on_gpu=inputs_on_gpu,
     )
-    # An upper bound: every sample at seq_len tokens. run() checks again with the real token count.
-    plan.est_ram = estimate_ram(plan, plan.num_samples * plan.seq_len, plan.batch_size * plan.seq_len)
+    plan.est_ram = plan_ram(plan)
     return plan

@@ -147,6 +147,12 @@ def estimate_ram(plan, tokens: int, batch_tokens: int) -> RamEstimate:
     return RamEstimate(parts=parts, tokens=tokens)
 
 
+def plan_ram(plan) -> RamEstimate:
+    """:func:`estimate_ram` for a plan before the samples are tokenized: an upper bound, every
+    sample at ``plan.seq_len`` tokens (the run checks again with the real token count)."""
+    return estimate_ram(plan, plan.num_samples * plan.seq_len, plan.batch_size * plan.seq_len)
+
+
 def check_ram(estimate: RamEstimate, available: int | None = None) -> None:
     """Raise :class:`ResourceError` when ``estimate`` exceeds the memory available now."""
     available = available_ram_bytes() if available is None else available
