@@ -75,14 +75,18 @@ def _stock_scales(x_mean, w_mean, ratio, use_duo):
     return scales.view(-1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_candidate_scales_are_bit_identical_to_stock_on_every_grid_point(dtype):
+@pytest.mark.parametrize("dtype,w_dtype", [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                           (torch.float32, torch.bfloat16)])  # bf16: weight means of a bf16 model
+def test_candidate_scales_are_bit_identical_to_stock_on_every_grid_point(dtype, w_dtype, monkeypatch):
+    monkeypatch.setattr(awq_search, "_POWERS_CHECKED", {})
     torch.manual_seed(3)
     x_mean = torch.rand(96, dtype=dtype).pow(3) * 40
     x_mean[5] = 0.0  # a channel never activated
-    w_mean = torch.rand(96, dtype=dtype) * 0.2
+    w_mean = (torch.rand(96, dtype=dtype) * 0.2).to(w_dtype)
     grid = [(i / 20, True) for i in range(20)] + [(i / 20, False) for i in range(20)]
     scales = candidate_scales(x_mean, w_mean, grid)
+    # the powers were taken for all points at once, and found equal to one at a time
+    assert awq_search._POWERS_CHECKED == {("cpu", dtype): True, ("cpu", w_dtype): True}
     for row, (ratio, use_duo) in zip(scales, grid):
         assert torch.equal(row, _stock_scales(x_mean, w_mean, ratio, use_duo)), (ratio, use_duo)
     # a mean that overflows the normalisation: stock's inf/nan -> 1, here too
@@ -202,6 +206,41 @@ def test_direct_access_only_where_nothing_would_move():
     with direct_access(layer, on_meta, cpu):
         assert not OffloadCache.onloading_disabled
     assert not resident(torch.nn.Linear(4, 3, device="meta"), batch, cpu)  # weights off the execution device
+
+
+def test_powers_at_once_equal_powers_one_at_a_time(monkeypatch):
+    """Exponents with paths of their own (0, 0.5, 1) among the others; a device and dtype whose
+    check failed keep taking them one at a time."""
+    monkeypatch.setattr(awq_search, "_POWERS_CHECKED", {})
+    torch.manual_seed(4)
+    base = torch.rand(3, 64) * 30
+    base[0, 0] = 0.0
+    exponents = [0.0, 0.05, 0.5, 0.55, 1.0, 0.95, 0.3]
+    one_at_a_time = torch.stack([base.reshape(-1).pow(e) for e in exponents])
+    powers = awq_search._powers(base, exponents)
+    assert torch.equal(powers, one_at_a_time) and powers.shape == (7, 192)
+    assert awq_search._POWERS_CHECKED == {("cpu", torch.float32): True}
+    monkeypatch.setitem(awq_search._POWERS_CHECKED, ("cpu", torch.float32), False)
+    assert torch.equal(awq_search._powers(base, exponents), one_at_a_time)
+
+
+def test_plain_passes_count_the_widths_of_linear_and_elementwise_parents():
+    """Passes of an MLP or a lone Linear may hold several grid points' tokens on a GPU, sized by
+    the widths of their layers; attention and anything with other leaf modules keep the usual bound."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=80, num_attention_heads=4, num_hidden_layers=1, vocab_size=64)
+    mlp, x, out = LlamaMLP(config), torch.zeros(2, 6, 32), torch.zeros(2, 6, 32)
+    assert awq_search._plain_units(mlp, {"x": x}, out) == 32 + 2 * (80 + 80 + 32) + 32
+    linear = torch.nn.Linear(80, 32)
+    assert awq_search._plain_units(linear, {"input": torch.zeros(2, 6, 80)}, out) == 80 + 2 * 32 + 32
+    assert awq_search._plain_units(mlp, {"x": x, "mask": x}, out) is None  # more than the input activations
+    attention, arguments = _attention_inputs(batch=2, seq=6, hidden=32, heads=4, kv_heads=2)
+    assert awq_search._plain_units(attention, arguments, out) is None
+    normed = torch.nn.Sequential(LlamaRMSNorm(32), torch.nn.Linear(32, 32))
+    assert awq_search._plain_units(normed, {"x": x}, out) is None  # a leaf that is neither
+    assert awq_search.plain_pass_tokens(mlp, [{"x": x}], [out], torch.device("cpu")) == 0  # a CPU keeps the token floor
 
 
 def test_fused_passes_take_a_memory_budget_on_a_gpu_only():

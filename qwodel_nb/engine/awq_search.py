@@ -151,19 +151,60 @@ class SearchResult:
 def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor | None, grid: Sequence[tuple[float, bool]]) -> torch.Tensor:
     """The scales of every grid point, [G, in_features], with the stock arithmetic.
 
-    The powers are taken point by point with the point's ratio as a Python number, as stock does
-    (torch computes some exponents, 0.5 among them, on their own paths); the rest is elementwise
-    or a row's exact maximum and minimum, so it runs on all points at once with the same values:
-    some 90 kernel launches per mapping instead of some 260.
+    Stock takes the powers point by point with the point's ratio as a Python number; they are
+    taken for all points at once where that gives the same values (:func:`_powers`). The rest is
+    elementwise or a row's exact maximum and minimum, so it runs on all points at once with the
+    same values: some 20 kernel launches per mapping instead of some 260.
     """
-    rows = []
-    for ratio, use_duo in grid:
-        powered = x_mean.pow(ratio)
-        rows.append((powered / (w_mean.pow(1 - ratio) + 1e-4) if use_duo else powered).view(-1))
-    scales = torch.stack(rows).clamp(min=1e-4)
+    ratios = [float(ratio) for ratio, _ in grid]
+    powered = _powers(x_mean, ratios)
+    duo = [bool(use_duo) for _, use_duo in grid]
+    if any(duo):
+        balanced = powered / (_powers(w_mean, [1 - ratio for ratio in ratios]) + 1e-4)
+        powered = balanced if all(duo) else torch.stack([(balanced if d else powered)[i] for i, d in enumerate(duo)])
+    scales = powered.clamp(min=1e-4)
     scales = scales / (scales.amax(dim=1, keepdim=True) * scales.amin(dim=1, keepdim=True)).sqrt()
     # stock sets inf and nan to 1 by boolean indexing, which waits for the device; the same values
     return torch.where(torch.isfinite(scales), scales, torch.ones_like(scales))
+
+
+#: exponents that torch computes on paths of their own when given as a Python number (a fill, a
+#: copy, a square root, a reciprocal, a product): :func:`_powers` takes these one at a time
+_OWN_PATH_EXPONENTS = frozenset({0.0, 1.0, 2.0, 3.0, 0.5, -0.5, -1.0, -2.0})
+#: per (device type, dtype): whether a tensor of exponents gave the same values as Python ones
+_POWERS_CHECKED: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def _powers(base: torch.Tensor, exponents: list[float]) -> torch.Tensor:
+    """``base.pow(e)`` for each of ``exponents``, as stock takes them one at a time: [len, base.numel()].
+
+    With a tensor of exponents torch runs the same elementwise power as with a Python number,
+    except at the exponents it takes on paths of their own (``_OWN_PATH_EXPONENTS``: the square
+    root at 0.5 gave other bits on a CPU), which are taken one at a time here too. The first time
+    a device type and dtype meet in a process, the result is compared with the one-at-a-time
+    powers (one wait for the device); where they differ, the powers stay one at a time.
+    """
+    flat = base.reshape(-1)
+
+    def one_at_a_time() -> torch.Tensor:
+        return torch.stack([flat.pow(e) for e in exponents])
+
+    key = (flat.device.type, flat.dtype)
+    general = [e not in _OWN_PATH_EXPONENTS for e in exponents]
+    if sum(general) < 2 or not _POWERS_CHECKED.get(key, True):
+        return one_at_a_time()
+    column = torch.tensor(exponents, dtype=flat.dtype).view(-1, 1)
+    if flat.device.type != "cpu":  # from pinned memory: a pageable copy would wait for the queued kernels
+        column = column.pin_memory().to(flat.device, non_blocking=True)
+    powers = torch.pow(flat.view(1, -1), column)
+    for i, exponent in enumerate(exponents):
+        if not general[i]:
+            powers[i] = flat.pow(exponent)
+    if key not in _POWERS_CHECKED:
+        _POWERS_CHECKED[key] = bool(torch.equal(powers, one_at_a_time()))
+        if not _POWERS_CHECKED[key]:
+            return one_at_a_time()
+    return powers
 
 
 def quant_args_of(layer: torch.nn.Module) -> Any | None:
@@ -343,17 +384,20 @@ def candidate_forwards(weights: dict[torch.nn.Module, torch.Tensor], g: int) -> 
 
         return forward
 
+    # written into the instance dictionary directly: nn.Module.__setattr__ would first look the name
+    # up among parameters, buffers and submodules (a function is none of them), several thousand
+    # times per run
     try:
         for layer, candidates in weights.items():
             saved[layer] = layer.__dict__.get("forward", missing)
-            layer.forward = make_forward(candidates, getattr(layer, "bias", None))
+            layer.__dict__["forward"] = make_forward(candidates, getattr(layer, "bias", None))
         yield
     finally:
         for layer, previous in saved.items():
             if previous is missing:
-                del layer.forward
+                layer.__dict__.pop("forward", None)
             else:
-                layer.forward = previous
+                layer.__dict__["forward"] = previous
 
 
 def repeat_batch(arguments: dict[str, Any], g: int) -> tuple[dict[str, Any], int]:
@@ -398,8 +442,17 @@ def gpu_working_budget(device: torch.device) -> int:
     in this run (calibration forward passes, usually) and what is allocated now: memory the run
     has already shown it can hold.
     """
-    allocated = torch.cuda.memory_allocated(device)
-    return max(int(WEIGHT_BUDGET_FRACTION * allocated), torch.cuda.max_memory_allocated(device) - allocated)
+    allocated, peak = gpu_memory(device)
+    return max(int(WEIGHT_BUDGET_FRACTION * allocated), peak - allocated)
+
+
+def gpu_memory(device: torch.device) -> tuple[int, int]:
+    """Bytes allocated on the GPU now and at the run's peak so far, from one read of the caching
+    allocator's statistics. ``torch.cuda.memory_allocated`` and ``max_memory_allocated`` each
+    flatten all of them into a new dictionary in Python: about 0.3 ms a call under cProfile on
+    the H200, 150 calls in a SmolLM2 run (bench/RESULTS.md)."""
+    stats = torch.cuda.memory_stats_as_nested_dict(device).get("allocated_bytes", {}).get("all", {})
+    return int(stats.get("current", 0)), int(stats.get("peak", 0))
 
 
 def points_quantized_together(num_points: int, numel_per_point: int, device: torch.device, *, fused: bool = False) -> int:
@@ -418,7 +471,7 @@ def points_quantized_together(num_points: int, numel_per_point: int, device: tor
         return num_points
     if device.type != "cuda":
         return max(1, min(num_points, CPU_WORKING_BYTES // (numel_per_point * CPU_KEPT_BYTES)))
-    allocated = torch.cuda.memory_allocated(device)
+    allocated, _ = gpu_memory(device)
     if fused:
         kept = max(int(FUSED_KEPT_FRACTION * allocated), FUSED_KEPT_FLOOR_BYTES)
         return max(1, min(num_points, kept // (numel_per_point * 2)))
@@ -449,6 +502,47 @@ def fused_pass_tokens(references: list[torch.Tensor], device: torch.device) -> i
         return 0
     row_bytes = references[0].shape[-1] * references[0].element_size()
     return gpu_working_budget(device) // (row_bytes * PASS_ROW_UNITS)
+
+
+#: modules whose memory per token is that of their input: activations, dropout
+_ELEMENTWISE_MODULES = ("torch.nn.modules.activation", "torch.nn.modules.dropout", "transformers.activations")
+
+
+def plain_pass_tokens(parent: torch.nn.Module, batches: list[dict[str, Any]], references: list[torch.Tensor],
+                      device: torch.device) -> int:
+    """Tokens a pass may hold on a GPU when the parent is made of Linear layers and activations
+    alone (an MLP, or the balance layer itself) and takes nothing but its input activations: as
+    many as fit in :func:`gpu_working_budget` at the elements per token that :func:`_plain_units`
+    counts. Such a pass holds a few tensors as wide as its layers per token, never a score matrix,
+    so at batch 16 x 512 on SmolLM2 it takes 3 to 8 grid points at once in memory the run has
+    already held. 0 on a CPU and for any other parent (the usual bounds apply)."""
+    if device.type != "cuda" or not batches or not references:
+        return 0
+    units = _plain_units(parent, batches[0], references[0])
+    if units is None:
+        return 0
+    return gpu_working_budget(device) // (units * references[0].element_size())
+
+
+def _plain_units(parent: torch.nn.Module, arguments: dict[str, Any], reference: torch.Tensor) -> int | None:
+    """Elements a pass through ``parent`` holds per token and grid point, counted generously: the
+    repeated input, every Linear layer's output twice (an activation or a product keeps a second
+    tensor of that width alive), and the loss's difference. A Llama MLP holds at most the input,
+    three of its intermediate width and the output. None where the parent takes more than one
+    tensor (attention takes masks and rotary tables) or has a leaf module that is neither a Linear
+    layer nor elementwise."""
+    given = [value for value in arguments.values() if value is not None]
+    if len(given) != 1 or not isinstance(given[0], torch.Tensor):
+        return None
+    widths = 0
+    for module in parent.modules():
+        if isinstance(module, torch.nn.Linear):
+            widths += module.out_features
+        elif next(module.children(), None) is None and type(module).__module__ not in _ELEMENTWISE_MODULES:
+            return None
+    if widths == 0:
+        return None
+    return given[0].shape[-1] + 2 * widths + reference.shape[-1]
 
 
 def _gram_is_cheaper(tokens: int, in_features: int, out_features: int, num_points: int) -> bool:
@@ -584,9 +678,9 @@ def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[floa
             "reduction": best_error / initial if initial > 0 else 1.0,
         }
     )
-    best = scales[best_index].clone()
+    best = scales[best_index].detach().to("cpu", copy=True)  # checked on the host: one wait for the device, not two
     assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
-    return SearchResult(best_index, best.detach().cpu(), losses, method, g, fused, confirmed, fused_attention)
+    return SearchResult(best_index, best, losses, method, g, fused, confirmed, fused_attention)
 
 
 def _rows(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -645,7 +739,9 @@ def _forward_losses(
         return losses, g, fused, confirmed, True
     if cuts is None:
         report = on_points if live else None
-        losses, g = passes.losses(list(range(num_points)), batches, fp16_outputs, masks, report=report)
+        cap_tokens = max(passes.cap_tokens, plain_pass_tokens(parent, batches, fp16_outputs, device))
+        losses, g = passes.losses(list(range(num_points)), batches, fp16_outputs, masks, report=report,
+                                  cap_tokens=cap_tokens)
         if on_points is not None and report is None:
             on_points(list(range(num_points)), losses)
         return losses, g, fused, None, False
