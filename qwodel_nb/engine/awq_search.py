@@ -32,9 +32,11 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   are repeated ``g`` times along the batch dimension and each balance layer multiplies its slice
   with its own candidate weights (``torch.bmm``). ``g`` is bounded so that one pass never holds
   more tokens than the largest calibration batch (what the stock search already runs at once),
-  or a small floor when batches are tiny; under fused attention, by the memory the run has
-  already shown it can hold (:func:`fused_pass_tokens`). One pass of ``g = 1`` uses ``F.linear``
-  exactly as the stock forward does.
+  or a small floor when batches are tiny. On a GPU, a pass under fused attention
+  (:func:`fused_pass_tokens`) and a pass through a parent made of Linear layers and activations,
+  such as an MLP (:func:`plain_pass_tokens`), may hold as many tokens as fit in the memory the
+  run has already shown it can hold. One pass of ``g = 1`` uses ``F.linear`` exactly as the stock
+  forward does; on the H200 the ``bmm`` passes gave the same losses bit for bit (bench/RESULTS.md).
 * **Fused attention, then confirmation** (:mod:`.search_attention`; on by default on a GPU): an
   attention parent whose cached masks are plain causal ones runs every grid point under
   ``scaled_dot_product_attention`` (several points per pass, no score matrix), then the points
