@@ -232,9 +232,9 @@ def test_plain_passes_count_the_widths_of_linear_and_elementwise_parents():
 
     config = LlamaConfig(hidden_size=32, intermediate_size=80, num_attention_heads=4, num_hidden_layers=1, vocab_size=64)
     mlp, x, out = LlamaMLP(config), torch.zeros(2, 6, 32), torch.zeros(2, 6, 32)
-    assert awq_search._plain_units(mlp, {"x": x}, out) == 32 + 2 * (80 + 80 + 32) + 32
+    assert awq_search._plain_units(mlp, {"x": x}, out) == 32 + (80 + 80 + 32) + 80 + 32
     linear = torch.nn.Linear(80, 32)
-    assert awq_search._plain_units(linear, {"input": torch.zeros(2, 6, 80)}, out) == 80 + 2 * 32 + 32
+    assert awq_search._plain_units(linear, {"input": torch.zeros(2, 6, 80)}, out) == 80 + 32 + 32 + 32
     assert awq_search._plain_units(mlp, {"x": x, "mask": x}, out) is None  # more than the input activations
     attention, arguments = _attention_inputs(batch=2, seq=6, hidden=32, heads=4, kv_heads=2)
     assert awq_search._plain_units(attention, arguments, out) is None

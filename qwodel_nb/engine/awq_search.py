@@ -75,6 +75,7 @@ whose output does not keep the repeated batch) makes :func:`supports` false or r
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -195,10 +196,7 @@ def _powers(base: torch.Tensor, exponents: list[float]) -> torch.Tensor:
     general = [e not in _OWN_PATH_EXPONENTS for e in exponents]
     if sum(general) < 2 or not _POWERS_CHECKED.get(key, True):
         return one_at_a_time()
-    column = torch.tensor(exponents, dtype=flat.dtype).view(-1, 1)
-    if flat.device.type != "cpu":  # from pinned memory: a pageable copy would wait for the queued kernels
-        column = column.pin_memory().to(flat.device, non_blocking=True)
-    powers = torch.pow(flat.view(1, -1), column)
+    powers = torch.pow(flat.view(1, -1), _exponent_column(tuple(exponents), flat.dtype, flat.device))
     for i, exponent in enumerate(exponents):
         if not general[i]:
             powers[i] = flat.pow(exponent)
@@ -207,6 +205,16 @@ def _powers(base: torch.Tensor, exponents: list[float]) -> torch.Tensor:
         if not _POWERS_CHECKED[key]:
             return one_at_a_time()
     return powers
+
+
+@functools.lru_cache(maxsize=16)
+def _exponent_column(exponents: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The exponents as a [len, 1] tensor on ``device``, made once per grid (every mapping of a run
+    has the same): from pinned memory, since a pageable copy would wait for the queued kernels."""
+    column = torch.tensor(exponents, dtype=dtype).view(-1, 1)
+    if device.type != "cpu":
+        column = column.pin_memory().to(device, non_blocking=True)
+    return column
 
 
 def quant_args_of(layer: torch.nn.Module) -> Any | None:
@@ -516,7 +524,7 @@ def plain_pass_tokens(parent: torch.nn.Module, batches: list[dict[str, Any]], re
     alone (an MLP, or the balance layer itself) and takes nothing but its input activations: as
     many as fit in :func:`gpu_working_budget` at the elements per token that :func:`_plain_units`
     counts. Such a pass holds a few tensors as wide as its layers per token, never a score matrix,
-    so at batch 16 x 512 on SmolLM2 it takes 3 to 8 grid points at once in memory the run has
+    so at batch 16 x 512 on SmolLM2 it takes 4 to 8 grid points at once in memory the run has
     already held. 0 on a CPU and for any other parent (the usual bounds apply)."""
     if device.type != "cuda" or not batches or not references:
         return 0
@@ -527,24 +535,24 @@ def plain_pass_tokens(parent: torch.nn.Module, batches: list[dict[str, Any]], re
 
 
 def _plain_units(parent: torch.nn.Module, arguments: dict[str, Any], reference: torch.Tensor) -> int | None:
-    """Elements a pass through ``parent`` holds per token and grid point, counted generously: the
-    repeated input, every Linear layer's output twice (an activation or a product keeps a second
-    tensor of that width alive), and the loss's difference. A Llama MLP holds at most the input,
-    three of its intermediate width and the output. None where the parent takes more than one
-    tensor (attention takes masks and rotary tables) or has a leaf module that is neither a Linear
-    layer nor elementwise."""
+    """Elements a pass through ``parent`` holds per token and grid point, at most: the repeated
+    input, every Linear layer's output, one more tensor as wide as the widest (an activation or a
+    product, alive beside its operands) and the loss's difference. A gated MLP holds at most its
+    input, three tensors of its intermediate width (the activation, the up projection, their
+    product) and its output; this counts one output more. None where the parent takes more than
+    one tensor (attention takes masks and rotary tables) or has a leaf module that is neither a
+    Linear layer nor elementwise."""
     given = [value for value in arguments.values() if value is not None]
     if len(given) != 1 or not isinstance(given[0], torch.Tensor):
         return None
-    widths = 0
+    widths = [module.out_features for module in parent.modules() if isinstance(module, torch.nn.Linear)]
     for module in parent.modules():
-        if isinstance(module, torch.nn.Linear):
-            widths += module.out_features
-        elif next(module.children(), None) is None and type(module).__module__ not in _ELEMENTWISE_MODULES:
+        if not isinstance(module, torch.nn.Linear) and next(module.children(), None) is None \
+                and type(module).__module__ not in _ELEMENTWISE_MODULES:
             return None
-    if widths == 0:
+    if not widths:
         return None
-    return given[0].shape[-1] + 2 * widths + reference.shape[-1]
+    return given[0].shape[-1] + sum(widths) + max(widths) + reference.shape[-1]
 
 
 def _gram_is_cheaper(tokens: int, in_features: int, out_features: int, num_points: int) -> bool:
