@@ -209,3 +209,28 @@ def test_gemma_tokenizer_is_the_bpe_its_gguf_scores_describe(bench_modules, tmp_
         "<bos>", "a", "\u2581capital", "\u2581of", "\n\n", "c", "ap", "<0xC3>", "<0xA9>"]
     assert tokenizer.decode(ids, skip_special_tokens=True) == "a capital of\n\ncapé"
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) == (2, 1, 0, 3)
+
+
+def test_stage_timers_split_the_awq_phase_and_come_off_again(bench_modules, tmp_path, monkeypatch):
+    from llmcompressor.pipelines.sequential import helpers
+
+    from qwodel_nb.engine import awq_capture, awq_search
+
+    monkeypatch.syspath_prepend(BENCH)
+    import awq_stages
+
+    before = (helpers.Subgraph.forward, awq_capture.search_best_scales, awq_search._Passes.losses)
+    result = awq_stages.main(["--case", "tiny-cpu", "--results-dir", str(tmp_path), "--workdir", str(tmp_path)])
+    stages = result["timed"][0]["stages"]
+    layers = 4 + 1  # the tiny model's decoder layers and the rest of the model after them
+    assert stages["pipeline: layer passes, calibration (AWQ's hooks on)"]["calls"] == layers
+    assert stages["pipeline: layer passes, propagation"]["calls"] == layers
+    assert stages["  search, LlamaMLP parents"]["calls"] == 4  # one MLP mapping per layer
+    smoothing = stages["smoothing step (all mappings)"]["s"]
+    searched = sum(v["s"] for k, v in stages.items() if k.startswith("  search, "))
+    assert 0 < searched <= smoothing <= result["timed"][0]["awq_s"]
+    assert (tmp_path / "cprofile_tiny-cpu_fast_tottime.txt").read_text().count("tottime") >= 1
+    assert json.loads((tmp_path / "awq_stages_tiny-cpu_fast.json").read_text())["plain_awq_s"]
+    after = (helpers.Subgraph.forward, awq_capture.search_best_scales, awq_search._Passes.losses)
+    assert after == before  # the timers came off
+    assert "_compute_layer_means" not in vars(awq_capture.AWQModifier)  # inherited from llm-compressor's class again
