@@ -15,7 +15,10 @@ here rather than added as a dependency for the one call the panel needs):
   the middle of the quantization. Those are held back and handed to the kernel in order once
   the run has returned.
 * Handling a message moves the kernel's "parent" (where output goes) to that message; it is
-  put back after each one, so the run's output stays where it belongs.
+  put back after each one, so the run's output stays where it belongs. What the run has written
+  is flushed first: ipykernel sends buffered output from its IO thread with the parent of the
+  moment, and that thread mostly gets to run while the run waits for a poll, so a warning
+  written just before was sent as the output of a cell the poll was holding back.
 
 ipykernel 7 has no ``do_one_iteration``, and outside a kernel (scripts, tests) there is none
 at all: the poller is then inactive, ``poll()`` does nothing, and :attr:`reason` says why. A
@@ -117,6 +120,7 @@ class KernelPoller:
         kernel = self.kernel
         saved_sigint = getattr(kernel, "saved_sigint_handler", None)
         done = 0
+        _flush_output()  # under the run's parent, before a message moves it
         try:
             for _ in range(max_messages):
                 future = asyncio.run_coroutine_threadsafe(self._one_iteration(), self._loop)
@@ -197,3 +201,11 @@ def _queue_size(kernel: Any) -> int:
         return queue.qsize() if queue is not None else 0
     except Exception:  # noqa: BLE001
         return 0
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed or odd stream: nothing buffered to lose
+            pass
