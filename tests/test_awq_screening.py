@@ -137,7 +137,7 @@ def _awq_run(model_dir, search, *, batch_size=4):
 def screening_on_small_runs(monkeypatch):
     """The tests' runs are 16 x 128 tokens: screen on two samples (256 tokens), every mapping by forward passes."""
     monkeypatch.setattr(awq_screening, "SCREEN_MIN_TOKENS", 256)
-    monkeypatch.setattr(awq_search, "_gram_is_cheaper", lambda *a: False)
+    monkeypatch.setattr(awq_search, "_gram_is_cheaper", lambda *a, **k: False)
 
 
 @pytest.mark.parametrize("batch_size", [16, 1])

@@ -335,6 +335,14 @@ def test_gram_loss_equals_the_direct_output_error():
     assert torch.allclose(((e @ gram) * e).sum() / (300 * 8), direct)
     assert awq_search._gram_is_cheaper(tokens=8192, in_features=1536, out_features=576, num_points=20)
     assert not awq_search._gram_is_cheaper(tokens=512, in_features=1536, out_features=576, num_points=20)
+    # SmolLM2's up -> down on a CPU with token screening: forward passes at 8 x 256, the Gram form at 32 x 512
+    assert not awq_search._gram_is_cheaper(2048, 1536, 576, 20, screened_tokens=512)
+    assert awq_search._gram_is_cheaper(16384, 1536, 576, 20, screened_tokens=2048)
+    from qwodel_nb.engine.awq_screening import Cut, screening_cuts
+
+    batches = [{"input": torch.zeros(8, 256, 4)}]  # 8 x 256 tokens in one batch: 2 samples screened
+    assert awq_search._cut_tokens(batches, screening_cuts(batches, 20)) == 512
+    assert awq_search._cut_tokens(batches, [Cut(0, 3)]) == 768 and awq_search._cut_tokens(batches, None) is None
 
 
 # -- whole runs through llm-compressor ----------------------------------------------------------------
@@ -448,7 +456,7 @@ def test_cancel_stops_the_fast_search_within_a_grid_chunk(tiny_llama, calibratio
 
 def test_linear_parents_searched_by_forward_passes_match_stock(tiny_llama, calibration_texts, monkeypatch):
     """down_proj as its own parent, without the Gram shortcut (what bf16 models get): stock choices."""
-    monkeypatch.setattr(awq_search, "_gram_is_cheaper", lambda *a: False)
+    monkeypatch.setattr(awq_search, "_gram_is_cheaper", lambda *a, **k: False)
     _, stock = _awq_run(tiny_llama, calibration_texts, "stock")
     _, fast = _awq_run(tiny_llama, calibration_texts, "fast")
     assert fast.search_summary["methods"] == {"forward": len(fast.records)}

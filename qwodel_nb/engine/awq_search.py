@@ -56,7 +56,8 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   single balance layer itself (``up_proj -> down_proj``, ``v_proj -> o_proj``), the output error
   of candidate weights ``Wq`` is ``||X (Wq - W)^T||^2 = sum((E G) * E)`` with ``E = Wq - W`` and
   ``G = X^T X``, accumulated once per mapping; this is used when it costs fewer multiply-adds than
-  the forward passes (many tokens, narrow inputs). In bf16/fp16 the stock loss includes the
+  the forward passes, screened where screening would run (many tokens, narrow inputs: on SmolLM2
+  at 32 x 512 tokens, not at 8 x 256). In bf16/fp16 the stock loss includes the
   rounding of both outputs to that dtype, which the exact form leaves out, so there the forward
   passes are used.
 
@@ -555,10 +556,39 @@ def _plain_units(parent: torch.nn.Module, arguments: dict[str, Any], reference: 
     return given[0].shape[-1] + sum(widths) + max(widths) + reference.shape[-1]
 
 
-def _gram_is_cheaper(tokens: int, in_features: int, out_features: int, num_points: int) -> bool:
-    direct = num_points * tokens * in_features * out_features
+#: share of the grid points token screening confirms on all tokens, for comparing the cost of
+#: screened forward passes with the Gram form's: 208 of 600 (35%) on SmolLM2's up -> down
+#: mappings at 8 x 256 tokens on a CPU (bench/RESULTS.md)
+SCREEN_CONFIRM_SHARE = 0.35
+
+
+def _gram_is_cheaper(tokens: int, in_features: int, out_features: int, num_points: int,
+                     screened_tokens: int | None = None) -> bool:
+    """Whether the Gram form takes fewer multiply-adds than the forward passes: every point on
+    every token, or with token screening (``screened_tokens`` per point, then about
+    ``SCREEN_CONFIRM_SHARE`` of the points on every token)."""
+    per_point = tokens if screened_tokens is None else screened_tokens + SCREEN_CONFIRM_SHARE * tokens
+    direct = num_points * per_point * in_features * out_features
     gram = tokens * in_features * in_features + num_points * out_features * in_features * in_features
     return gram < direct
+
+
+def _screens(screen: bool | None, device: torch.device) -> bool:
+    """Whether this search screens its grid points where it can: the caller's wish, else the
+    device's default; ``SCREENING``, when set, over both."""
+    screen = screening_default(device) if screen is None else screen
+    return screen if SCREENING is None else SCREENING
+
+
+def _cut_tokens(batches: list[dict[str, Any]], cuts: list | None) -> int | None:
+    """Tokens in a screening slice (None without one)."""
+    if cuts is None:
+        return None
+    total = 0
+    for cut in cuts:
+        rows, tokens = rows_and_tokens(batches[cut.batch])
+        total += cut.rows * (tokens // rows if rows else 0)
+    return total
 
 
 def search_best_scales(
@@ -618,12 +648,14 @@ def search_best_scales(
         # every rank must take the same branch (each calls collectives): decide on all ranks' tokens
         tokens = int(agree_sum(sum(rows_and_tokens(b)[1] for b in batches)))
         out_f, in_f = parent.weight.shape
-        if _gram_is_cheaper(tokens, in_f, out_f, num_points):
+        # the forward passes' cost with token screening where it would run (one process only)
+        screen_now = _screens(screen, device)
+        cuts = screening_cuts(batches, num_points) if screen_now and not is_distributed() else None
+        if _gram_is_cheaper(tokens, in_f, out_f, num_points, screened_tokens=_cut_tokens(batches, cuts)):
             losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
             return _result(modifier, mapping, scales, losses, "gram", 1)
 
-    screen = screening_default(device) if screen is None else screen
-    screen = screen if SCREENING is None else SCREENING
+    screen = _screens(screen, device)
     attention = device.type == "cuda" if attention is None else attention
     attention = attention if FUSED_ATTENTION is None else FUSED_ATTENTION
     with direct_access(parent, batches, device):
