@@ -108,13 +108,10 @@ def main(argv=None) -> dict:
     args.save = False
 
     import torch
-    from transformers import AutoTokenizer
 
     from qwodel_nb.engine.logs import library_bars_silenced, route_library_logs
 
-    folder = awq_speed.model_folder(args, args.workdir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    calib = awq_speed.calibration(args, folder, tokenizer)
+    folder, tokenizer, calib = awq_speed.case_inputs(args)
     route_library_logs("WARNING")
     with library_bars_silenced():
         awq_speed.run_variant("fast", args, folder, tokenizer, calib, None)  # warm-up: kernels, caches, imports

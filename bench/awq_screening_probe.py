@@ -101,14 +101,11 @@ def main(argv=None) -> dict:
     args.save = False
 
     import torch
-    from transformers import AutoTokenizer
 
     from qwodel_nb.engine import awq_search
     from qwodel_nb.engine.logs import library_bars_silenced, route_library_logs
 
-    folder = awq_speed.model_folder(args, args.workdir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    calib = awq_speed.calibration(args, folder, tokenizer)
+    folder, tokenizer, calib = awq_speed.case_inputs(args)
     texts = None if args.case == "llama8b-gpu" else awq_speed.heldout(args)
 
     mappings: list[dict] = []

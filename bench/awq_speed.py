@@ -178,6 +178,15 @@ def llama8b_folder(args, workdir: str) -> str:
     return target
 
 
+def case_inputs(args):
+    """The case's model folder (built or converted under ``args.workdir``), its tokenizer and its calibration set."""
+    from transformers import AutoTokenizer
+
+    folder = model_folder(args, args.workdir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return folder, tokenizer, calibration(args, folder, tokenizer)
+
+
 def calibration(args, folder: str, tokenizer):
     from qwodel_nb.engine.calibration import CalibrationSet, Sample
 
@@ -235,8 +244,8 @@ def heldout(args) -> list[str]:
 
 
 @contextlib.contextmanager
-def cprofile_into(path: str):
-    """cProfile the enclosed code; its 60 costliest functions (cumulative time) go into ``path``."""
+def cprofile_into(path: str, sort: str = "cumulative", lines: int = 60):
+    """cProfile the enclosed code; its ``lines`` costliest functions (by ``sort``: cumulative or own time) go into ``path``."""
     import cProfile
     import io
     import pstats
@@ -248,7 +257,7 @@ def cprofile_into(path: str):
     finally:
         profiler.disable()
         buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
+        pstats.Stats(profiler, stream=buf).sort_stats(sort).print_stats(lines)
         with open(path, "w") as fh:
             fh.write(buf.getvalue())
 
@@ -634,15 +643,12 @@ def main(argv=None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import torch
-    from transformers import AutoTokenizer
 
     from qwodel_nb.engine.logs import library_bars_silenced, route_library_logs
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"case {args.case} needs a GPU")
-    folder = model_folder(args, args.workdir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    calib = calibration(args, folder, tokenizer)
+    folder, tokenizer, calib = case_inputs(args)
     texts = None if args.case == "llama8b-gpu" else heldout(args)
     variants = [v for v in VARIANTS if v in args.variants.split(",")]
 

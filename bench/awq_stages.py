@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import importlib
-import io
 import json
 import os
 import sys
@@ -118,15 +116,6 @@ def install_timers() -> None:
     _wrap(awq_search, "_result", "    choice and scales to the host")
 
 
-@contextlib.contextmanager
-def _cprofiled(profiler):
-    profiler.enable()
-    try:
-        yield
-    finally:
-        profiler.disable()
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description="the AWQ phase's wall time by stage")
     awq_speed.add_case_options(parser)
@@ -136,16 +125,9 @@ def main(argv=None) -> dict:
     awq_speed.fill_case_defaults(args)
     args.save = False
 
-    import cProfile
-    import pstats
-
-    from transformers import AutoTokenizer
-
     from qwodel_nb.engine.logs import library_bars_silenced, route_library_logs
 
-    folder = awq_speed.model_folder(args, args.workdir)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    calib = awq_speed.calibration(args, folder, tokenizer)
+    folder, tokenizer, calib = awq_speed.case_inputs(args)
     route_library_logs("WARNING")
     result = {"case": args.case, "variant": args.variant, "date": time.strftime("%Y-%m-%d"),
               "command": "python3 bench/awq_stages.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -154,12 +136,9 @@ def main(argv=None) -> dict:
         awq_speed.run_variant(args.variant, args, folder, tokenizer, calib, None)  # warm-up
         for _ in range(args.repeats):
             result["plain_awq_s"].append(awq_speed.run_variant(args.variant, args, folder, tokenizer, calib, None)["awq_s"])
-        profiler = cProfile.Profile()
-        awq_speed.run_variant(args.variant, args, folder, tokenizer, calib, None, around=_cprofiled(profiler))
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(90)
-        with open(os.path.join(args.results_dir, f"cprofile_{args.case}_{args.variant}_tottime.txt"), "w") as fh:
-            fh.write(text.getvalue())
+        profiled = os.path.join(args.results_dir, f"cprofile_{args.case}_{args.variant}_tottime.txt")
+        awq_speed.run_variant(args.variant, args, folder, tokenizer, calib, None,
+                              around=awq_speed.cprofile_into(profiled, sort="tottime", lines=90))
         install_timers()
         try:
             for _ in range(args.repeats):
