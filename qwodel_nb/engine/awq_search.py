@@ -638,6 +638,7 @@ def search_best_scales(
     if len(batches) != len(fp16_outputs):
         raise Unsupported("cached batches and reference outputs differ in number")
 
+    screen = _screens(screen, device)
     single_linear = (
         isinstance(parent, torch.nn.Linear) and len(mapping.balance_layers) == 1 and mapping.balance_layers[0] is parent
     )
@@ -649,13 +650,11 @@ def search_best_scales(
         tokens = int(agree_sum(sum(rows_and_tokens(b)[1] for b in batches)))
         out_f, in_f = parent.weight.shape
         # the forward passes' cost with token screening where it would run (one process only)
-        screen_now = _screens(screen, device)
-        cuts = screening_cuts(batches, num_points) if screen_now and not is_distributed() else None
+        cuts = screening_cuts(batches, num_points) if screen and not is_distributed() else None
         if _gram_is_cheaper(tokens, in_f, out_f, num_points, screened_tokens=_cut_tokens(batches, cuts)):
             losses = _gram_losses(parent, orig_layer_weights[parent], scales, batches, masks, on_points, live)
             return _result(modifier, mapping, scales, losses, "gram", 1)
 
-    screen = _screens(screen, device)
     attention = device.type == "cuda" if attention is None else attention
     attention = attention if FUSED_ATTENTION is None else FUSED_ATTENTION
     with direct_access(parent, batches, device):
