@@ -270,10 +270,12 @@ def test_candidate_rows_are_views_where_they_run_in_order():
 
 def test_smoothing_skips_the_eval_walk_only_where_eval_mode_is_set():
     """The smoothing loop's calibration context: the same context, without model.train(False) and
-    its restore when every module is in eval mode already (as inside the sequential pipeline)."""
+    its restore when the modules it runs (the parents and their submodules) are in eval mode
+    already (as inside the sequential pipeline); the other modules' modes do not matter."""
     from qwodel_nb.engine.awq_smoothing import _calibration_context
 
-    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    parent = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    model = torch.nn.Sequential(parent, torch.nn.Dropout(0.5))
     calls = []
     original = torch.nn.Module.train
 
@@ -284,17 +286,19 @@ def test_smoothing_skips_the_eval_walk_only_where_eval_mode_is_set():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.nn.Module, "train", counting)
         model.train()
+        parent[0].eval()  # some of the modules the loop runs are in eval mode, not all
         calls.clear()
-        with _calibration_context(model):
-            assert not model.training and not model[1].training and not torch.is_grad_enabled()
-        assert model.training and model[1].training  # restored
-        assert calls  # the walk ran: the model was in training mode
+        with _calibration_context(model, [parent]):
+            assert not model.training and not parent[1].training and not torch.is_grad_enabled()
+        assert model.training and parent[1].training  # restored (stock restores the model's own mode everywhere)
+        assert calls  # the walk ran: a module the loop runs was in training mode
 
-        model.eval()
+        parent.eval()
         calls.clear()
-        with _calibration_context(model):
-            assert not model.training and not torch.is_grad_enabled()
-        assert calls == [] and not model.training
+        with _calibration_context(model, [parent]):
+            assert not torch.is_grad_enabled()
+            assert model[1].training  # not the loop's: left as it was
+        assert calls == [] and not parent.training and model.training
     from llmcompressor.utils import helpers
 
     assert helpers.eval_context.__module__ == "llmcompressor.utils.helpers"  # unpatched afterwards
