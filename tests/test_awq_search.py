@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -374,6 +375,11 @@ def test_fast_search_makes_the_stock_choices(tiny_llama, calibration_texts, batc
         assert f.best_ratio == s.best_ratio and f.duo_scaling == s.duo_scaling
         for a, b in zip(s.grid_losses, f.grid_losses):
             assert b == pytest.approx(a, rel=1e-4, abs=1e-12)
+        # the fast search's calibration hooks (engine/awq_hooks.py) sum on the device, stock's on the
+        # CPU: the same float32 sums; the first layer sees the same inputs, so bit for bit there
+        if f.layer == 0:
+            assert np.array_equal(f.activation_means, s.activation_means), f.smooth_layer
+        assert np.allclose(f.activation_means, s.activation_means, rtol=1e-5, atol=0)
 
     stock_state, fast_state = stock_model.state_dict(), fast_model.state_dict()
     for name, tensor in stock_state.items():

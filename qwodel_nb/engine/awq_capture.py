@@ -35,6 +35,7 @@ from pydantic import PrivateAttr
 from .activation_sums import BatchSums
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
+from .awq_hooks import activation_sum_hook, parent_arguments_hook
 from .awq_screening import still_pays
 from .awq_search import Unsupported, search_best_scales
 from .awq_smoothing import apply_smoothing
@@ -43,6 +44,8 @@ from .ranks import all_reduce, is_distributed, union_of_names
 from .stats import MappingRecord, summarize
 
 SEARCH_METHODS = ("fast", "stock")
+#: the fast search's own calibration hooks (engine/awq_hooks.py); False gives it stock's (to measure)
+FAST_HOOKS = True
 #: layers the clipping search leaves alone, as the original AWQ code does: their outputs meet in
 #: the attention scores, where a per-group output error says little
 CLIP_SKIPPED = ("q_proj", "k_proj", "query", "key", "qkv_proj", "Wqkv")
@@ -164,6 +167,21 @@ class AWQModifier(_StockAWQModifier):
                 target = getattr(mapping, "activation_hook_target", None) or mapping.balance_layers[0]
                 self.register_hook(target, self._qw_batch_sums.hook(mapping.smooth_name), "forward")
         return result
+
+    def _setup_activation_cache_hooks(self) -> None:
+        """The fast search records the same arguments and sums as stock, with less host work per
+        batch (``engine/awq_hooks.py``); the stock search keeps stock's hooks."""
+        if self._qw_search != "fast" or not FAST_HOOKS:
+            return super()._setup_activation_cache_hooks()
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        record = parent_arguments_hook(lambda module, arguments: self._parent_args_cache[module].append(arguments))
+        for mapping in self._resolved_mappings:
+            if mapping.parent not in self._parent_args_cache:
+                self._parent_args_cache[mapping.parent] = IntermediatesCache(None, self.offload_device)
+                self.register_hook(mapping.parent, record, "forward_pre", with_kwargs=True)
+            target = getattr(mapping, "activation_hook_target", None) or mapping.balance_layers[0]
+            self.register_hook(target, activation_sum_hook(self._smooth_activation_stats, mapping.smooth_name), "forward")
 
     def _register_clip_hooks(self, model) -> None:
         for name, module in model.named_modules():
@@ -300,8 +318,8 @@ class AWQModifier(_StockAWQModifier):
             emitter = self._emitter()
             x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
             x_sum, count = all_reduce([x_sum, count])  # all ranks' tokens: the same record on every rank
-            # the sums sit on the CPU, or on the GPU after a distributed all-reduce: then copying the mean
-            # back waits until the search has read its losses anyway, not before it starts
+            # the sums sit on the GPU (the fast search's hooks, or a distributed all-reduce) or on the CPU:
+            # copying the mean back waits until the search has read its losses anyway, not before it starts
             act_mean = (x_sum / count.to(x_sum.device)).float()
             self._qw_losses = []
             self._qw_best = float("inf")
