@@ -74,7 +74,10 @@ def awq_run(model_dir: str, texts: list[str], search: str, *, listeners=(), canc
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     calibration = tokenize(RawCalibration(list(texts), "text", None, "test"), tokenizer,
                            seq_len=seq_len, num_samples=num_samples, batch_size=batch_size)
-    recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier)
+    from qwodel_nb.engine.weight_qparams import QuantizationModifier
+
+    recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier,
+                          quant_cls=QuantizationModifier if search == "fast" else None)
     recipe[0].observe(Emitter(listeners, cancel), model.config.num_hidden_layers, search=search)
     run_oneshot(model, tokenizer, calibration.dataloader(), recipe)
     return model, recipe[0], calibration

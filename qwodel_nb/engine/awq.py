@@ -17,9 +17,12 @@ AWQ_PRESETS = {False: "W4A16_ASYM", True: "W4A16"}
 
 
 def build_recipe(
-    *, group_size: int, symmetric: bool, ignore: tuple[str, ...], awq_cls: type | None = None, clip: str = "none"
+    *, group_size: int, symmetric: bool, ignore: tuple[str, ...], awq_cls: type | None = None, clip: str = "none",
+    quant_cls: type | None = None,
 ) -> list:
-    """Fresh ``[AWQModifier, QuantizationModifier]`` for one run.
+    """Fresh ``[AWQModifier, QuantizationModifier]`` for one run (``awq_cls`` and ``quant_cls``:
+    subclasses of llm-compressor's to use instead, such as qwodel's in ``engine/awq_capture.py`` and
+    ``engine/weight_qparams.py``).
 
     ``clip="observer"`` gives the weights llm-compressor's memoryless MSE observer, which shrinks
     each group's range to the least weight error; ``"search"`` is done by qwodel's AWQModifier
@@ -34,7 +37,7 @@ def build_recipe(
     if clip == "observer":
         scheme.weights.observer = "memoryless_mse"
     awq = (awq_cls or AWQModifier)()
-    quant = QuantizationModifier(config_groups={"group_0": scheme}, ignore=list(ignore))
+    quant = (quant_cls or QuantizationModifier)(config_groups={"group_0": scheme}, ignore=list(ignore))
     return [awq, quant]
 
 

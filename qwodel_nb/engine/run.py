@@ -126,6 +126,7 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
     import torch
 
     from .awq_capture import AWQModifier
+    from .weight_qparams import QuantizationModifier
 
     awq_cls: Any = AWQModifier
     if plan.layout.mappings.source == "your mappings":
@@ -136,6 +137,7 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
         ignore=plan.layout.ignore,
         awq_cls=awq_cls,
         clip=plan.settings.clip,
+        quant_cls=QuantizationModifier if plan.settings.awq_search == "fast" else None,
     )
     capture = recipe[0].observe(emitter, plan.model.num_layers, search=plan.settings.awq_search, clip=plan.settings.clip)
     run_oneshot(model, tokenizer, calibration.dataloader(ranks.rank(), ranks.world_size()), recipe,
