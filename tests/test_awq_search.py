@@ -473,3 +473,17 @@ def test_linear_parents_searched_by_forward_passes_match_stock(tiny_llama, calib
     for s, f in zip(stock.records, fast.records):
         assert f.best_ratio == s.best_ratio
         assert f.grid_losses == pytest.approx(s.grid_losses, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_squared_error_sum_is_mse_loss_bit_for_bit(dtype):
+    torch.manual_seed(3)
+    reference = torch.randn(4, 33, 24, dtype=dtype) * 3
+    candidate = reference + torch.randn_like(reference) * 0.05
+    ours = awq_search._squared_error_sum(reference, candidate)
+    assert ours.dtype == dtype and torch.equal(ours, torch.nn.functional.mse_loss(reference, candidate, reduction="sum"))
+    # shapes that only broadcast take the wrapper itself (with its warning), as stock's call would
+    with pytest.warns(UserWarning):
+        broadcast = awq_search._squared_error_sum(reference, candidate[:1])
+    with pytest.warns(UserWarning):
+        assert torch.equal(broadcast, torch.nn.functional.mse_loss(reference, candidate[:1], reduction="sum"))
