@@ -6,7 +6,7 @@ windows from bench/corpus.py) and batch size for every variant:
 * ``stock``: llm-compressor's ``transform.awq.AWQModifier``, unchanged but for a thin recorder
   that appends each grid point's loss to a list (to compare choices);
 * ``fast``: qwodel's ``AWQModifier`` with ``search="fast"``, statistics capture and progress
-  events on (a listener counts the events), as the tool runs it;
+  events on (a listener counts the events), and qwodel's ``QuantizationModifier``, as the tool runs it;
 * ``fast-nocapture``: the same search with capture and events off, to measure what they cost;
 * ``fast-unfused`` (only when asked for): ``fast`` with the candidate weights made by PyTorch
   operators instead of the fused GPU kernel (``qwodel_nb/engine/fused_candidates.py``), to measure
@@ -23,6 +23,9 @@ windows from bench/corpus.py) and batch size for every variant:
   the tool does when they fit (``qwodel_nb/engine/pipeline_cache.py``), while stock keeps
   llm-compressor's default, the CPU. These two swap that placement, to measure its share apart
   from the search's.
+* ``fast-stock-passes`` (only when asked for): ``fast`` with llm-compressor's own calibration hooks
+  and its weight pass one layer at a time, instead of qwodel's (``qwodel_nb/engine/awq_hooks.py``,
+  ``qwodel_nb/engine/weight_qparams.py``), to measure what those gain. The values are the same.
 * ``fast-whole-candidates`` (only when asked for, CPU cases): ``fast`` with the PyTorch-operator
   candidates made many grid points per call, as before the ninth session, instead of a point and
   a cache-sized block of rows at a time (``CPU_PIECE_ELEMENTS`` in
@@ -90,7 +93,7 @@ CASES = {
     "gemma3-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
-            "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates")
+            "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -338,11 +341,12 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qwodel_nb.engine import awq_search
+    from qwodel_nb.engine import awq_capture, awq_search
     from qwodel_nb.engine.awq import build_recipe, run_oneshot
     from qwodel_nb.engine.awq_capture import AWQModifier
     from qwodel_nb.engine.evaluate import windows_perplexity
     from qwodel_nb.engine.progress import Emitter
+    from qwodel_nb.engine.weight_qparams import QuantizationModifier
 
     cuda = args.device == "cuda"
     gc.collect()
@@ -363,7 +367,8 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     if stock:
         recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=stock_recorder_class())
     else:
-        recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier, clip=clip)
+        recipe = build_recipe(group_size=64, symmetric=False, ignore=("lm_head",), awq_cls=AWQModifier, clip=clip,
+                              quant_cls=None if variant == "fast-stock-passes" else QuantizationModifier)
         emitter = Emitter([lambda event: events.__setitem__(0, events[0] + 1)])
         recipe[0].observe(emitter, model.config.num_hidden_layers, search="fast", capture=variant != "fast-nocapture", clip=clip)
     awq = recipe[0]
@@ -377,6 +382,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_search.FUSED_KERNEL = variant != "fast-unfused"
     awq_search.SCREENING = {"fast-unscreened": False, "fast-screened": True}.get(variant)
     awq_search.FUSED_ATTENTION = False if variant == "fast-eager" else None
+    awq_capture.FAST_HOOKS = variant != "fast-stock-passes"
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -388,6 +394,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         awq_search.FUSED_KERNEL = True
         awq_search.SCREENING = None
         awq_search.FUSED_ATTENTION = None
+        awq_capture.FAST_HOOKS = True
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = pieces
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
@@ -504,6 +511,11 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         # against fast itself: the pieces change no value, so nothing should differ
         "agreement_whole_candidates": (agreement(by["fast"][0], by["fast-whole-candidates"][0])
                                        if by["fast-whole-candidates"] else None),
+        # what the fast search's calibration hooks and the weight pass over all layers at once gain
+        "speedup_fast_passes_awq": (mean("fast-stock-passes", "awq_s") / mean("fast", "awq_s")
+                                    if by["fast-stock-passes"] else None),
+        "agreement_stock_passes": (agreement(by["fast"][0], by["fast-stock-passes"][0])
+                                   if by["fast-stock-passes"] else None),
         # what fused causal attention gains: the same search under eager attention against it
         "speedup_fused_attention_awq": mean("fast-eager", "awq_s") / mean("fast", "awq_s") if by["fast-eager"] else None,
         "agreement_eager": agreement(by["stock"][0], by["fast-eager"][0]) if by["fast-eager"] else None,
@@ -546,7 +558,8 @@ def markdown(s: dict) -> str:
     heads = {"stock": "stock", "fast": "fast", "fast-nocapture": "fast, no capture", "fast-unfused": "fast, PyTorch candidates",
              "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening",
              "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
-             "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates"}
+             "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
+             "fast-stock-passes": "fast, stock hooks and weight pass"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -585,6 +598,11 @@ def markdown(s: dict) -> str:
         rows.append(f"- Candidates in cache-sized pieces: AWQ phase {s['speedup_pieces_awq']:.2f}x faster than with "
                     f"many grid points per call (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
                     f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
+    if s.get("speedup_fast_passes_awq") is not None:
+        w = s["agreement_stock_passes"]
+        rows.append(f"- Calibration hooks and the weight pass over all layers at once: AWQ phase {s['speedup_fast_passes_awq']:.2f}x "
+                    f"faster than the same search with llm-compressor's own (the same choice as fast in "
+                    f"{w['same_choice']}/{w['mappings']} mappings; loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
     if s.get("speedup_fused_awq") is not None:
         rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
     if s.get("speedup_fused_attention_awq") is not None:
