@@ -319,8 +319,9 @@ class AWQModifier(_StockAWQModifier):
             x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
             x_sum, count = all_reduce([x_sum, count])  # all ranks' tokens: the same record on every rank
             # the sums sit on the GPU (the fast search's hooks, or a distributed all-reduce) or on the CPU:
-            # copying the mean back waits until the search has read its losses anyway, not before it starts
-            act_mean = (x_sum / count.to(x_sum.device)).float()
+            # copying the mean back waits until the search has read its losses anyway, not before it starts;
+            # the count is a CPU tensor outside a distributed run, read without a copy to the device
+            act_mean = (x_sum / int(count)).float()
             self._qw_losses = []
             self._qw_best = float("inf")
             emitter.emit(
@@ -432,24 +433,16 @@ class AWQModifier(_StockAWQModifier):
         per_layer = max(num_mappings, 1)
         num_layers, layers_done, started = self._num_layers_seen, self._qw_layers_done, self._qw_awq_started
         recorded, best = self._qw_losses, self._qw_best
-        emitter = self._emitter()
+        common = dict(layer=layer, num_layers=num_layers, mapping=mapping, num_mappings=num_mappings, num_points=num_points)
+        rows = []
+        now = time.perf_counter() - started  # the points of one call are known at the same moment
+        for point, loss in zip(indices, losses):
+            recorded.append(loss)
+            best = min(best, loss)
+            fraction = (mapping + (point + 1) / num_points) / per_layer
+            rows.append(dict(point=point, ratio=float(grid[point][0]), loss=float(loss), best_loss=float(best),
+                             eta_s=eta(now, layers_done + fraction, num_layers)))
         try:
-            for point, loss in zip(indices, losses):
-                recorded.append(loss)
-                best = min(best, loss)
-                fraction = (mapping + (point + 1) / num_points) / per_layer
-                emitter.emit(
-                    GridPoint,
-                    layer=layer,
-                    num_layers=num_layers,
-                    mapping=mapping,
-                    num_mappings=num_mappings,
-                    point=point,
-                    num_points=num_points,
-                    ratio=float(grid[point][0]),
-                    loss=float(loss),
-                    best_loss=float(best),
-                    eta_s=eta(time.perf_counter() - started, layers_done + fraction, num_layers),
-                )
+            self._emitter().emit_each(GridPoint, common, rows)
         finally:
             self._qw_best = best

@@ -14,6 +14,8 @@ runs out of memory, ``OutOfMemoryRetry`` says which setting was lowered and the 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -130,12 +132,39 @@ class Emitter:
         if self.cancel is not None and self.cancel.is_set():
             raise RunCancelled("The run was cancelled; nothing was written.")
         event = cls(elapsed_s=self.elapsed(), **fields)
+        self._send(event)
+        return event
+
+    def emit_each(self, cls: type[Event], common: dict[str, Any], rows: Iterable[dict[str, Any]]) -> None:
+        """One event of ``cls`` per row, with the ``common`` fields and the row's, as :meth:`emit`
+        would send them one by one (cancel checked before each). For bursts (a mapping's grid
+        points, known at once on a GPU): where every field is given, the event is made without the
+        frozen dataclass's ``__init__``, which sets each field through ``object.__setattr__`` and
+        was a large part of an event's cost."""
+        cancel, started, new = self.cancel, self.started, object.__new__
+        names = _field_names(cls)
+        for row in rows:
+            if cancel is not None and cancel.is_set():
+                raise RunCancelled("The run was cancelled; nothing was written.")
+            values = {**common, **row, "elapsed_s": time.perf_counter() - started}
+            if values.keys() == names:
+                event = new(cls)
+                event.__dict__.update(values)
+            else:  # defaults to fill, or a missing or unknown field to refuse: the dataclass does it
+                event = cls(**values)
+            self._send(event)
+
+    def _send(self, event: Event) -> None:
         for listener in self.listeners:
             try:
                 listener(event)
             except Exception as exc:  # a renderer bug must not cost the user an hour of AWQ
                 self.errors.append(exc)
-        return event
+
+
+@functools.lru_cache(maxsize=None)
+def _field_names(cls: type[Event]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def eta(elapsed_s: float, done: float, total: float) -> float | None:
