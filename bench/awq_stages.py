@@ -88,7 +88,7 @@ def install_timers() -> None:
     from llmcompressor.pipelines.data_free.pipeline import DataFreePipeline
     from llmcompressor.pipelines.sequential import helpers, pipeline as sequential
 
-    from qwodel_nb.engine import awq_capture, awq_search, awq_smoothing
+    from qwodel_nb.engine import awq_capture, awq_search, awq_smoothing, weight_qparams
 
     oneshot_module = importlib.import_module("llmcompressor.entrypoints.oneshot")  # the package exports the function
     _wrap(oneshot_module.Oneshot, "__init__", "pipeline: Oneshot.__init__")
@@ -101,6 +101,8 @@ def install_timers() -> None:
           lambda *a, **k: "pipeline: layer passes, " + ("propagation" if HooksMixin._HOOKS_DISABLED else "calibration (AWQ's hooks on)"))
     _wrap(DataFreePipeline, "__call__", "pipeline: data-free pass (QuantizationModifier)", static=True)
     _wrap(QuantizationModifier, "on_sequential_epoch_end", "  of which: weight qparams of every layer")
+    # the fast variants' own weight pass (it calls the stock one only in a distributed run)
+    _wrap(weight_qparams.QuantizationModifier, "on_sequential_epoch_end", "  of which: weight qparams of every layer")
     _wrap(awq_capture.AWQModifier, "on_calibration_start", "  of which: AWQ resolves its mappings")
     _wrap(awq_capture.AWQModifier, "_smooth", "smoothing step (all mappings)")
     _wrap(awq_capture.AWQModifier, "_run_samples", "  reference outputs (eager)")

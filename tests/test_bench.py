@@ -234,3 +234,14 @@ def test_stage_timers_split_the_awq_phase_and_come_off_again(bench_modules, tmp_
     after = (helpers.Subgraph.forward, awq_capture.search_best_scales, awq_search._Passes.losses)
     assert after == before  # the timers came off
     assert "_compute_layer_means" not in vars(awq_capture.AWQModifier)  # inherited from llm-compressor's class again
+    # the fast variants' weight pass (qwodel's QuantizationModifier) is timed too
+    assert stages["  of which: weight qparams of every layer"]["calls"] == 1
+
+
+def test_capture_cost_counts_every_event(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH)
+    import capture_cost
+
+    result = capture_cost.main(["--mappings", "3", "--repeats", "2"])
+    assert result["events"] == 2 * 3 * (1 + 20 + 1)  # per mapping: started, 20 grid points, finished
+    assert 0 < result["best_capture_ms"] <= result["best_wall_ms"]
