@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from .awq_hooks import batch_sum
 from .ranks import gather_objects, rank, union_of_names, world_size
 
 
@@ -40,14 +41,9 @@ class BatchSums:
 
             state = active_session().state
             batch = state.current_batch_idx if state else -1
-            masks = state.loss_masks if state else None
-            flat = args[0].abs().detach().flatten(0, -2)
-            if masks and batch >= 0 and masks[batch] is not None:
-                flat = flat[masks[batch].to(flat.device).flatten().bool()]
+            total, rows = batch_sum(args[0])
             global_index = batch * world_size() + rank()
-            self.records.setdefault(smooth_name, []).append(
-                (global_index, flat.float().sum(dim=0).cpu(), torch.tensor(flat.size(0)).cpu())
-            )
+            self.records.setdefault(smooth_name, []).append((global_index, total.cpu(), torch.tensor(rows)))
 
         return record
 

@@ -58,29 +58,33 @@ def _has_signature(function: Any) -> bool:
     return hasattr(function, "__signature__")
 
 
+def batch_sum(activations: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """What llm-compressor's activation hook adds for the current calibration batch: the float32
+    sum over token rows of ``|activations|`` (the batch's loss mask applied, where there is one),
+    on the activations' device, and the number of token rows."""
+    from llmcompressor.core import active_session
+
+    flat = activations.abs().detach().flatten(0, -2)
+    state = active_session().state
+    masks = state.loss_masks if state else None
+    batch = state.current_batch_idx if state else -1
+    mask = masks[batch] if masks and batch >= 0 else None
+    if mask is not None:
+        flat = flat[mask.to(flat.device).unsqueeze(-1).flatten(0, -2).squeeze(-1).bool()]
+    return flat.float().sum(dim=0), flat.size(0)
+
+
 def activation_sum_hook(stats: dict[str, list], smooth_name: str) -> Callable:
     """A forward hook adding the batch's absolute inputs (token rows, loss mask applied) into
     ``stats[smooth_name] = [float32 sum over tokens, on the device; token count, a CPU tensor]``."""
 
     def hook(_module: torch.nn.Module, args: tuple, _output: Any) -> None:
-        from llmcompressor.core import active_session
-
-        activations = args[0].abs().detach()
-        state = active_session().state
-        masks = state.loss_masks if state else None
-        batch = state.current_batch_idx if state else -1
-        mask = masks[batch] if masks and batch >= 0 else None
-        if mask is not None:
-            flat_mask = mask.to(activations.device).unsqueeze(-1).flatten(0, -2).squeeze(-1)
-            selected = activations.flatten(0, -2)[flat_mask.bool()]
-        else:
-            selected = activations.flatten(0, -2)
-        batch_sum = selected.float().sum(dim=0)
-        batch_count = torch.tensor(selected.size(0))
+        total, rows = batch_sum(args[0])
+        count = torch.tensor(rows)
         entry = stats.get(smooth_name)
         if entry is None:
-            entry = stats[smooth_name] = [torch.zeros_like(batch_sum), torch.zeros_like(batch_count)]
-        entry[0] += batch_sum
-        entry[1] += batch_count
+            entry = stats[smooth_name] = [torch.zeros_like(total), torch.zeros_like(count)]
+        entry[0] += total
+        entry[1] += count
 
     return hook

@@ -8,7 +8,7 @@ constant from the host to the device (a wait for the device). On SmolLM2-135M (2
 H200 that pass took 57–115 ms of a fast AWQ run of about 1 s (bench/RESULTS.md).
 
 This module's ``QuantizationModifier`` takes the minima and maxima layer by layer with the same
-functions (``flatten_for_calibration``, then ``amin``/``amax`` as the min-max observers do), then
+functions (``flatten_for_calibration``, then the min-max observers' ``_get_min_max``), then
 calls ``calculate_qparams`` once for all layers that share quantization arguments, on the minima and
 maxima laid end to end. Every step of ``calculate_qparams`` works value by value, so each layer
 gets the same scales and zero points, bit for bit; they are stored the way the stock pass stores
@@ -22,9 +22,6 @@ from typing import Any
 
 import torch
 from llmcompressor.modifiers.quantization import QuantizationModifier as _StockQuantizationModifier
-
-#: weight observers whose first observation is the plain min-max this module computes
-_MIN_MAX_OBSERVERS = ("MemorylessMinMaxObserver", "StaticMinMaxObserver", "MinMaxObserver")
 
 
 class QuantizationModifier(_StockQuantizationModifier):
@@ -52,12 +49,14 @@ class QuantizationModifier(_StockQuantizationModifier):
 def batchable(module: torch.nn.Module) -> bool:
     """Whether the module's weight qparams are the plain min-max ones :func:`weight_qparams` makes."""
     from compressed_tensors.quantization import QuantizationStrategy, QuantizationType
+    from llmcompressor.observers.min_max import MemorylessMinMaxObserver, MinMaxObserver, StaticMinMaxObserver
 
     observer = getattr(module, "weight_observer", None)
     weight = getattr(module, "weight", None)
-    if observer is None or weight is None or type(observer).__name__ not in _MIN_MAX_OBSERVERS:
+    # observers whose first observation is the plain min-max computed here (not their subclasses)
+    if weight is None or type(observer) not in (MemorylessMinMaxObserver, StaticMinMaxObserver, MinMaxObserver):
         return False
-    if type(observer).__module__ != "llmcompressor.observers.min_max" or observer.has_statistics:
+    if observer.has_statistics:
         return False
     args = observer.args
     return (
@@ -76,6 +75,7 @@ def weight_qparams(modules: list[torch.nn.Module]) -> None:
     from compressed_tensors.offload import update_offload_parameter
     from compressed_tensors.quantization.utils import calculate_qparams
     from llmcompressor.observers.helpers import flatten_for_calibration
+    from llmcompressor.observers.min_max import _get_min_max  # the min-max observers' own reduction
 
     groups: dict[Any, list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]] = {}
     keys: dict[int, str] = {}
@@ -86,7 +86,7 @@ def weight_qparams(modules: list[torch.nn.Module]) -> None:
             if key is None:
                 key = keys[id(args)] = args.model_dump_json()
             observed = flatten_for_calibration(module.weight, "weight", args)
-            low, high = torch.amin(observed, dim=(0, -1)), torch.amax(observed, dim=(0, -1))
+            low, high = _get_min_max(observed)
             groups.setdefault((key, low.dtype, low.device), []).append((module, low, high))
         for members in groups.values():
             args = members[0][0].weight_observer.args
