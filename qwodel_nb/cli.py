@@ -6,7 +6,8 @@
     qwodel demo                                  # the offline demo, no network, no GPU
 
 User errors print one line on standard error and exit with code 2 (``--debug`` shows the
-traceback); an interrupted run exits with code 130 and leaves no output folder behind.
+traceback); an interrupted run exits with code 130 and leaves no output folder behind (or, when
+the interrupt came after the output was moved into place, says that it is complete).
 """
 
 from __future__ import annotations
@@ -155,16 +156,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     plan = make_plan(settings)
     print(format_plan(plan), flush=True)
     bar = ProgressBar(plan.model.num_layers)
-    finished = False
+    result = None
     try:
         with library_bars_silenced():
             result = execute(plan, [bar])
-        finished = True
+        args.written_to = result.output_path
+        bar.close(ok=True)
+        print()
+        print(format_result(result))
+        print("\nServe it with vLLM:\n" + vllm_snippet(result.output_path))
     finally:
-        bar.close(ok=finished)
-    print()
-    print(format_result(result))
-    print("\nServe it with vLLM:\n" + vllm_snippet(result.output_path))
+        if result is None:
+            bar.close(ok=False)
     return 0
 
 
@@ -216,10 +219,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USER_ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args.written_to = None  # set by `quantize` the moment its output is in place
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        code = _dispatch(args)
+        # Restored inside the ``try``: an interrupt landing in the restore is still reported below.
+        signal.signal(signal.SIGTERM, previous)
+        return code
+    except KeyboardInterrupt as exc:  # one that landed after the command's own handling was done
+        signal.signal(signal.SIGTERM, previous)
+        return _interrupted(exc, args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; every outcome becomes one line and an exit code."""
     from .engine.errors import QwodelError
     from .engine.secrets import redact
 
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         if args.command in {"quantize", "plan", "demo"}:
             from .engine.logs import debug_logging, route_library_logs
@@ -236,9 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"qwodel: error: {redact(exc.message)}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("qwodel: interrupted; no output folder was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, args)
     except Exception as exc:  # an internal failure: one line, the traceback with --debug
         if args.debug:
             raise
@@ -248,8 +263,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL_ERROR
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """Ctrl-C or SIGTERM: exit code 130, and one line that says whether the output was written."""
+    written = getattr(exc, "output_path", None) or args.written_to
+    if written:
+        print(f"qwodel: interrupted after the output was written; it is complete in {written}", file=sys.stderr)
+    else:
+        print("qwodel: interrupted; no output folder was written.", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

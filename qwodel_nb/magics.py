@@ -28,7 +28,7 @@ from IPython.display import display
 from traitlets import Bool, Int, Unicode
 from traitlets.config import Configurable
 
-from .engine.errors import QwodelError
+from .engine.errors import QwodelError, interrupted_message
 from .engine.secrets import Secret, redact
 from .magic_args import (
     CELL_USAGE,
@@ -166,8 +166,8 @@ class QwodelMagics(Magics, Configurable):
             self._cell(session, args)
         except QwodelError as exc:
             self._message(exc.message, secrets=literal)
-        except KeyboardInterrupt:
-            self._message("Interrupted; the run stopped and no output was written. The session can run again.")
+        except KeyboardInterrupt as exc:
+            self._message(interrupted_message(exc))
         return None
 
     def _new_session(self, options: dict[str, Any], args: CellArgs, literal: tuple):
@@ -268,8 +268,8 @@ class QwodelMagics(Magics, Configurable):
                 display(self._stats(session))
         except QwodelError as exc:
             self._message(exc.message)
-        except KeyboardInterrupt:
-            self._message("Interrupted; the run stopped and no output was written. The session can run again.")
+        except KeyboardInterrupt as exc:
+            self._message(interrupted_message(exc))
         return None
 
     def _panel(self) -> None:

@@ -23,7 +23,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .display import CalibrationPreview, PlanView, ResultView, VramView
 from .engine.calibration import CalibrationSet, RawCalibration, is_local_source, read_source
-from .engine.errors import CalibrationDataError, CancelledError, QwodelError, RunCancelled, StateError
+from .engine.errors import (
+    CalibrationDataError,
+    CancelledError,
+    InterruptedAfterOutput,
+    QwodelError,
+    RunCancelled,
+    StateError,
+)
 from .engine.logs import library_bars_silenced, route_library_logs
 from .engine.model_info import ModelInfo, inspect_model, is_local_model
 from .engine.output import check_output
@@ -212,6 +219,7 @@ class Session:
             self.error = None
         listeners: list[Listener] = list(callbacks or [])
         bar = None
+        result = None
         route_library_logs(self.library_log_level)
         try:
             plan = make_plan(self._settings, model_info=self._info(), raw_calibration=self._raw_calibration())
@@ -227,6 +235,15 @@ class Session:
                 if heldout is not None:
                     self._evaluate_after_run(result, plan, heldout)
         except (KeyboardInterrupt, RunCancelled) as exc:
+            written = getattr(exc, "output_path", None) or (result.output_path if result is not None else None)
+            if written:  # the interrupt came after the output was in place (during the evaluation, say)
+                stopped = InterruptedAfterOutput(written)
+                self.result = result
+                if result is not None:
+                    self._finish("done", None, bar)
+                else:
+                    self._finish("cancelled", stopped, bar)
+                raise stopped from None
             self._finish("cancelled", exc, bar)
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -242,6 +259,10 @@ class Session:
         """Evaluate a finished run; a failure here is reported, and the finished output stays valid."""
         try:
             self._evaluate_into(result, plan, texts)
+        except KeyboardInterrupt:  # the output stays valid; the result says why it has no evaluation
+            result.perplexity, result.layer_errors = None, None
+            result.evaluation_error = "The evaluation was interrupted."
+            raise
         except Exception as exc:  # noqa: BLE001 - the quantized model is written; do not lose it
             result.evaluation_error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
             warnings.warn(f"The run finished, but evaluating it failed: {result.evaluation_error}", stacklevel=3)

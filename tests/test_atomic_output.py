@@ -1,7 +1,7 @@
 """The output folder appears only complete: real `qwodel quantize` processes killed (SIGKILL) during the save.
 
 Each killed process is a real CLI run (real AWQ on the tiny model) that kills itself at a named
-point of the save (``QWODEL_TEST_KILL_AT``, read only by ``output.test_point``), or pauses there
+point of the save (``QWODEL_TEST_KILL_AT``, read only by ``test_points.test_point``), or pauses there
 and is killed from outside. Afterwards the output's name holds the previous state exactly, or
 nothing, or (after the final rename) the complete new output; hidden leftovers are removed, or the
 previous output put back, by the next run.

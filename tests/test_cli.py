@@ -119,32 +119,58 @@ def test_demo_runs_offline(tmp_path):
     assert (tmp_path / "demo" / "demo-llama-awq-int4" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_interrupted_run_leaves_nothing(signame, tiny_llama, tmp_path, calibration_file):
-    """Ctrl-C or SIGTERM during AWQ: exit code 130, one line, no output folder and no staging folder."""
+def _quantize_paused_at(point, model, tmp_path, data):
+    """`qwodel quantize` started and held at a named test point (engine/test_points.py) of the run."""
     import signal
     import time
 
-    env = subprocess_env()
+    from qwodel_nb.engine.test_points import PAUSE_ENV
+
     proc = subprocess.Popen(
-        QWODEL + ["quantize", tiny_llama, "--output", str(tmp_path / "out"), "--calibration-dataset", calibration_file,
-                  "--num-samples", "48", "--seq-len", "128"],  # long enough that the signal lands inside the search
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        QWODEL + ["quantize", model, "--output", str(tmp_path / "out"), "--calibration-dataset", data,
+                  "--num-samples", "8", "--seq-len", "64"],
+        env=subprocess_env(**{PAUSE_ENV: point}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
         # a test run started in the background (nohup, `&`) passes SIGINT on as ignored, and Python
         # then never turns it into KeyboardInterrupt; the child gets the default back, as in a terminal
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    seen = ""
-    deadline = time.time() + 300
-    while "grid" not in seen and time.time() < deadline:  # the progress bar is inside the AWQ search
-        chunk = proc.stderr.read(64)
-        if not chunk:
-            break
-        seen += chunk
-    assert "grid" in seen, seen[-2000:]
+    seen, deadline = "", time.time() + 300
+    while f"paused at {point}" not in seen and time.time() < deadline and proc.poll() is None:
+        seen += proc.stderr.readline()
+    assert f"paused at {point}" in seen, seen[-2000:]
+    return proc
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_leaves_nothing(signame, tiny_llama, tmp_path, calibration_file):
+    """Ctrl-C or SIGTERM during AWQ (held at the second layer's search): exit code 130, one line,
+    no output folder and no staging folder."""
+    import signal
+
+    proc = _quantize_paused_at("layer-1", tiny_llama, tmp_path, calibration_file)
     proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "qwodel: interrupted; no output folder was written." in err
     assert "Traceback" not in err
     assert sorted(os.listdir(tmp_path)) == ["calibration.txt"]
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupt_after_the_output_is_in_place_says_so(signame, tiny_llama, tmp_path, calibration_file):
+    """An interrupt that lands once the output folder is in place does not claim that nothing was
+    written: exit code 130, one line naming the complete output, which stays."""
+    import signal
+
+    from qwodel_nb.engine.output import check_complete
+
+    proc = _quantize_paused_at("published", tiny_llama, tmp_path, calibration_file)
+    proc.send_signal(getattr(signal, signame))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    out = tmp_path / "out"
+    assert f"qwodel: interrupted after the output was written; it is complete in {out}" in err, err[-2000:]
+    assert "no output folder was written" not in err and "Traceback" not in err
+    check_complete(str(out))
+    assert sorted(os.listdir(tmp_path)) == ["calibration.txt", "out"]  # no staging folder left

@@ -21,7 +21,7 @@ import numpy as np
 
 from qwodel_nb.cli import EXIT_USER_ERROR, main
 from qwodel_nb.engine import distributed, progress
-from qwodel_nb.engine.errors import CalibrationDataError, OutputError, RunCancelled, SettingsError
+from qwodel_nb.engine.errors import CalibrationDataError, InterruptedAfterOutput, OutputError, RunCancelled, SettingsError
 from qwodel_nb.engine.settings import make_settings
 
 SECRET = "hf_DistributedSecret0123456789"
@@ -153,7 +153,10 @@ def test_errors_come_back_as_the_same_types(tmp_path):
     err = distributed.translate_error({"kind": "qwodel", "type": "OutputError", "message": "Output folder x is not empty."})
     assert isinstance(err, OutputError) and err.message == "Output folder x is not empty."
     assert isinstance(distributed.translate_error({"kind": "cancelled"}), RunCancelled)
-    assert isinstance(distributed.translate_error({"kind": "interrupted"}), KeyboardInterrupt)
+    plain = distributed.translate_error({"kind": "interrupted"})
+    assert isinstance(plain, KeyboardInterrupt) and getattr(plain, "output_path", None) is None
+    late = distributed.translate_error({"kind": "interrupted", "output_path": "/o/out"})
+    assert isinstance(late, InterruptedAfterOutput) and late.output_path == "/o/out"
     internal = distributed.translate_error({"kind": "internal", "type": "ValueError", "message": "boom", "rank": 1})
     assert isinstance(internal, distributed.WorkerError) and "rank 1" in str(internal) and "boom" in str(internal)
     # a name that is not an error class of ours is never instantiated
@@ -162,6 +165,17 @@ def test_errors_come_back_as_the_same_types(tmp_path):
     for rank, kind in ((0, "interrupted"), (1, "qwodel")):
         (tmp_path / f"error-{rank}.json").write_text(json.dumps({"rank": rank, "kind": kind, "type": "OutputError"}))
     assert distributed.read_error(str(tmp_path))["rank"] == 1  # the user error explains the run best
+
+
+def test_a_worker_interrupted_after_publishing_reports_the_output():
+    from types import SimpleNamespace
+
+    from qwodel_nb.engine.worker import error_report
+
+    done = SimpleNamespace(phase="save", sizes=None, output_path="/o/out")
+    report = error_report(KeyboardInterrupt(), 0, done, None)
+    assert report["kind"] == "interrupted" and report["output_path"] == "/o/out"
+    assert "output_path" not in error_report(KeyboardInterrupt(), 0, SimpleNamespace(phase="awq", output_path=None), None)
 
 
 def test_plan_lists_every_gpu_used():

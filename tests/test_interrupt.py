@@ -68,6 +68,60 @@ def test_keyboard_interrupt_in_session_run(tiny_llama, tmp_path, calibration_tex
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
 
+def _sigint_at_run_finished(event) -> None:
+    from qwodel_nb.engine.progress import RunFinished
+
+    if isinstance(event, RunFinished):  # emitted once the output is in place, before execute returns
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_an_interrupt_after_the_output_is_in_place_says_it_is_complete(tiny_llama, tmp_path, calibration_texts):
+    """Ctrl-C after the folder was moved into place: the output stays, and the error says where it is
+    (not "nothing written"); the model is let go of all the same."""
+    from qwodel_nb.engine.errors import InterruptedAfterOutput, interrupted_message
+    from qwodel_nb.engine.output import check_complete
+
+    out = tmp_path / "out"
+    s = Session(model=tiny_llama, output=str(out), calibration_dataset=calibration_texts, **RUN)
+    with sigint_during_awq(after_calls=10**9) as seen, pytest.raises(InterruptedAfterOutput) as caught:
+        s.run(callbacks=[_sigint_at_run_finished], progress=False)
+    assert caught.value.output_path == str(out)
+    assert "complete in " + str(out) in interrupted_message(caught.value)
+    check_complete(str(out))
+    assert os.listdir(tmp_path) == ["out"]
+    assert s.state == "cancelled" and s.error is caught.value
+    _nothing_holds_the_model(seen)
+
+
+def test_an_interrupt_during_the_evaluation_keeps_the_result(tiny_llama, tmp_path, calibration_texts, heldout_texts):
+    """Ctrl-C while the finished output is being evaluated: the run is done and its result kept."""
+    from qwodel_nb.engine.errors import InterruptedAfterOutput
+    from qwodel_nb.engine.progress import RunFinished
+
+    finished = []
+
+    def hook(module, args):
+        if finished and isinstance(module, torch.nn.Linear) and len(finished) == 1:
+            finished.append("fired")
+            signal.raise_signal(signal.SIGINT)
+
+    out = tmp_path / "out"
+    s = Session(model=tiny_llama, output=str(out), calibration_dataset=calibration_texts, **RUN)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(InterruptedAfterOutput):
+            s.run(callbacks=[lambda e: isinstance(e, RunFinished) and finished.append(e)], progress=False,
+                  evaluate=True, eval_text=heldout_texts)
+    finally:
+        handle.remove()
+        signal.signal(signal.SIGINT, previous)
+    assert finished[-1] == "fired"
+    assert s.state == "done" and s.result is not None and s.result.output_path == str(out)
+    assert s.result.perplexity is None and s.result.evaluation_error == "The evaluation was interrupted."
+    assert (out / "model.safetensors").is_file()
+
+
 def test_keyboard_interrupt_in_the_magic(tiny_llama, tmp_path, calibration_texts):
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output

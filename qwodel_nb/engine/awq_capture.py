@@ -42,6 +42,7 @@ from .awq_smoothing import apply_smoothing
 from .progress import Emitter, GridPoint, LayerFinished, LayerStarted, MappingFinished, MappingStarted, eta
 from .ranks import all_reduce, is_distributed, union_of_names
 from .stats import MappingRecord, summarize
+from .test_points import LAYER_POINT, test_point
 
 SEARCH_METHODS = ("fast", "stock")
 #: the fast search's own calibration hooks (engine/awq_hooks.py); False gives it stock's (to measure)
@@ -298,6 +299,7 @@ class AWQModifier(_StockAWQModifier):
             num_layers = self._num_layers_seen
             emitter.emit(LayerStarted, layer=self._qw_layer, num_layers=num_layers, num_mappings=len(pending),
                          eta_s=self._layers_eta(0.0))
+        test_point(LAYER_POINT.format(index=self._qw_layer))
         self._smooth(model)
         self._clip_pending(model)
         with self._capturing():

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 from . import errors as error_types
 from . import progress
 from .backoff import Sizes, apply_step, exhausted_message, next_step
-from .errors import GpuOutOfMemoryError, QwodelError, RunCancelled
+from .errors import GpuOutOfMemoryError, InterruptedAfterOutput, QwodelError, RunCancelled
 from .progress import Emitter, Listener, OutOfMemoryRetry
 from .ranks import BACKEND_ENV, requested_backend
 
@@ -157,7 +157,7 @@ def translate_error(report: dict) -> BaseException:
     if kind == "cancelled":
         return RunCancelled(message or "The run was cancelled; nothing was written.")
     if kind == "interrupted":
-        return KeyboardInterrupt()
+        return InterruptedAfterOutput(report["output_path"]) if report.get("output_path") else KeyboardInterrupt()
     cls = getattr(error_types, name, None)
     if kind == "qwodel" and isinstance(cls, type) and issubclass(cls, QwodelError):
         return cls(message)
@@ -243,9 +243,12 @@ def launch(plan: Any, emitter: Emitter, job: Job) -> Any:
         if report.get("kind") == "oom":
             raise _OutOfMemory(report)
         raise translate_error(report)
-    except BaseException:
+    except BaseException as exc:
         if proc is not None:
             _stop(proc, workdir)
+        written = (read_error(workdir) or {}).get("output_path") if isinstance(exc, (KeyboardInterrupt, RunCancelled)) else None
+        if written and not isinstance(exc, InterruptedAfterOutput):  # stopped after rank 0 had published it
+            raise InterruptedAfterOutput(written) from None
         raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

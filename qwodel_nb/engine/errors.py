@@ -66,3 +66,28 @@ class RunCancelled(BaseException):
     A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the way
     (in llm-compressor or a listener) swallows it; the output staging removes what was written.
     """
+
+
+class InterruptedAfterOutput(KeyboardInterrupt):
+    """A Ctrl-C or SIGTERM that landed after the output folder was moved into place.
+
+    The output at :attr:`output_path` is complete and stays; only what came after it (freeing
+    memory, printing the summary, an evaluation) was cut short. A ``KeyboardInterrupt``, so every
+    place that stops on an interrupt still stops; the ones that report it say the truth with it.
+    """
+
+    def __init__(self, output_path: str):
+        super().__init__(output_path)
+        self.output_path = output_path
+
+    @property
+    def message(self) -> str:
+        return f"interrupted after the output was written; it is complete in {self.output_path}"
+
+
+def interrupted_message(exc: BaseException) -> str:
+    """What a Ctrl-C (a kernel interrupt) did to a run, in one sentence for the notebook layers."""
+    written = getattr(exc, "output_path", None)
+    if written:
+        return f"Interrupted after the output was written; it is complete in {written}. The session can run again."
+    return "Interrupted; the run stopped and no output was written. The session can run again."

@@ -13,10 +13,12 @@ output. A process killed half-way (SIGKILL, power cut of the process) leaves at 
 removes those of processes that no longer exist, and puts a replaced old output back in place
 when the kill fell between the two renames of the fallback path.
 
-``QWODEL_TEST_KILL_AT=<point>`` makes the process kill itself (SIGKILL) at one of
-:data:`SAVE_POINTS`, and ``QWODEL_TEST_PAUSE_AT=<point>`` makes it announce the point on standard
-error and sleep there; both exist only for the tests that prove the above and do nothing unless
-set.
+An interrupt (Ctrl-C, SIGTERM) is held back while the output is moved into place, so it lands
+either before (nothing written, the staging folder removed) or after (the output complete; the
+callback ``on_published`` has already told the caller where).
+
+The tests prove the above by killing or pausing the process at the named points of
+:mod:`~qwodel_nb.engine.test_points`.
 """
 
 from __future__ import annotations
@@ -28,37 +30,21 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import time
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import OutputError
+from .interrupts import interrupts_held
+from .test_points import KILL_ENV, PAUSE_ENV, SAVE_POINTS, test_point  # noqa: F401 - the tests' names
 
 SUMMARY_NAME = "qwodel_summary.json"
 STATS_NAME = "stats.json"
 _TMP_PREFIX = ".qwodel-tmp-"
 _NEW, _OLD = "new", "old"
 
-#: named points of the save, in order, where the test hooks below can act
-SAVE_POINTS = ("staged", "weights", "tokenizer", "summary", "aside", "swapped")
-KILL_ENV = "QWODEL_TEST_KILL_AT"
-PAUSE_ENV = "QWODEL_TEST_PAUSE_AT"
-
-
-def test_point(name: str) -> None:
-    """A named point of the save; does nothing unless a test asked for a kill or a pause here."""
-    if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(PAUSE_ENV) == name:
-        print(f"qwodel-test: paused at {name}", file=sys.stderr, flush=True)
-        time.sleep(600)
-
-
-test_point.__test__ = False  # not a pytest test, despite its name
 
 
 # ----------------------------------------------------------------------------- before the run
@@ -196,8 +182,12 @@ def clean_stale_staging(final: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def staged_output(final: str, overwrite: bool) -> Iterator[str]:
-    """Yield a hidden staging folder beside ``final``; on success it becomes ``final``, complete."""
+def staged_output(final: str, overwrite: bool, on_published: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Yield a hidden staging folder beside ``final``; on success it becomes ``final``, complete.
+
+    ``on_published(final)`` is called as soon as the output is in place, before any interrupt
+    held during the move is let through.
+    """
     final = os.path.abspath(final)
     parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
@@ -210,10 +200,14 @@ def staged_output(final: str, overwrite: bool) -> Iterator[str]:
         check_complete(tmp)
         sync_tree(tmp)
         test_point("summary")
-        _publish(tmp, final, overwrite)
+        with interrupts_held():
+            _publish(tmp, final, overwrite)
+            if on_published is not None:
+                on_published(final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # after the move ``tmp`` is gone: nothing to do
         raise
+    test_point("published")
 
 
 #: files without which a folder is not a usable output

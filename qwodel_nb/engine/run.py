@@ -16,20 +16,28 @@ import resource
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import ranks
 from .awq import build_recipe, run_oneshot
 from .backoff import LAYERED, WHOLE, Sizes, apply_step, exhausted_message, first_sentence, next_step, out_of_memory
 from .calibration import CalibrationSet, tokenize
-from .errors import GpuOutOfMemoryError, ModelNotFoundError, QwodelError, RunCancelled, UnsupportedModelError
-from .output import STATS_NAME, SUMMARY_NAME, folder_bytes, staged_output, test_point, write_json
+from .errors import (
+    GpuOutOfMemoryError,
+    InterruptedAfterOutput,
+    ModelNotFoundError,
+    QwodelError,
+    RunCancelled,
+    UnsupportedModelError,
+)
+from .output import STATS_NAME, SUMMARY_NAME, folder_bytes, staged_output, write_json
 from .plan import Plan
 from .progress import Emitter, Listener, OutOfMemoryRetry, PhaseFinished, PhaseStarted, RunFinished
 from .release import release
 from .resources import check_ram, estimate_ram
 from .secrets import call_translating, redact
 from .stats import Stats
+from .test_points import test_point
 from .versions import library_versions
 
 log = logging.getLogger("qwodel_nb.engine")
@@ -147,15 +155,17 @@ def quantize_model(plan: Plan, model: Any, tokenizer: Any, calibration: Calibrat
     return Stats(capture.records, search=capture.search_summary, clips=capture.clips)
 
 
-def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float, stats: Stats) -> tuple[str, int]:
+def save_output(plan: Plan, model: Any, tokenizer: Any, summary: dict, started: float, stats: Stats,
+                on_published: Callable[[str], None] | None = None) -> tuple[str, int]:
     """Write the compressed model into a staged folder and move it into place; returns (path, weight bytes).
 
     The summary is the last file written into the staged folder, with the save and total times
-    already in it, so the published folder is never changed afterwards.
+    already in it, so the published folder is never changed afterwards. ``on_published(path)``
+    runs the moment the folder is in place (see :func:`~qwodel_nb.engine.output.staged_output`).
     """
     assert plan.output_path is not None
     t = time.perf_counter()
-    with staged_output(plan.output_path, plan.settings.overwrite) as tmp, warnings.catch_warnings():
+    with staged_output(plan.output_path, plan.settings.overwrite, on_published) as tmp, warnings.catch_warnings():
         # transformers warns about "offloaded modules" for every model llm-compressor dispatched;
         # the weights are on the CPU or GPU already and the warning asks nothing of the user.
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
@@ -183,6 +193,10 @@ class _Attempt:
         self.sizes: Sizes | None = None
         self.rank = rank
         self.backend = backend
+        self.output_path: str | None = None  # set the moment the output is in place
+
+    def published(self, path: str) -> None:
+        self.output_path = path
 
 
 def _placement_kind(plan: Plan) -> str | None:
@@ -250,6 +264,11 @@ def execute(plan: Plan, listeners: Iterable[Listener] = (), cancel: Any = None) 
         try:
             return _attempt(plan, emitter, attempt, steps, tokenizers)
         except BaseException as exc:
+            if attempt.output_path is not None:  # the output is complete: only the tidying after it stopped
+                release(exc, keep_text=False)
+                if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, InterruptedAfterOutput):
+                    raise InterruptedAfterOutput(attempt.output_path) from None
+                raise
             interrupted = isinstance(exc, (KeyboardInterrupt, RunCancelled))
             oom = None if interrupted else out_of_memory(exc)
             release(exc, keep_text=not (interrupted or oom is not None or isinstance(exc, QwodelError)))
@@ -325,7 +344,8 @@ def _attempt(plan: Plan, emitter: Emitter, attempt: _Attempt, steps: list, token
     }
     attempt.phase = "save"
     emitter.emit(PhaseStarted, phase="save")
-    path, size_after = save_output(plan, model, tokenizer, summary, started, stats)
+    path, size_after = save_output(plan, model, tokenizer, summary, started, stats, attempt.published)
+    emitter.cancel = None  # the output is in place: there is nothing left for a cancel to stop
     emitter.emit(PhaseFinished, phase="save", duration_s=timings["save_s"])
     del model
     release()  # llm-compressor's session still holds the model; give its memory back now

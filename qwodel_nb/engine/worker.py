@@ -72,6 +72,8 @@ def error_report(exc: BaseException, rank: int, attempt: Any, token: Any) -> dic
     oom = None if isinstance(exc, (KeyboardInterrupt, RunCancelled, QwodelError)) else out_of_memory(exc)
     if isinstance(exc, KeyboardInterrupt):
         report["kind"] = "interrupted"
+        if getattr(attempt, "output_path", None):  # rank 0 had moved the output into place first
+            report["output_path"] = attempt.output_path
     elif isinstance(exc, RunCancelled):
         report["kind"] = "cancelled"
     elif isinstance(exc, QwodelError):

@@ -283,7 +283,8 @@ class Panel:
                 self.progress.finish(outcome.state, self.listener.state)
             if outcome.state == "done":
                 self.results_tab.show(outcome.result, self.session.plot)
-                self._say(f"Done: the 4-bit model is in {outcome.result.output_path}", "ok")
+                done = f"Done: the 4-bit model is in {outcome.result.output_path}"
+                self._say(f"{done}. {outcome.message}" if outcome.message else done, "ok")
                 self.tabs.selected_index = RESULTS
             else:
                 self._say(outcome.message, "warning" if outcome.state == "cancelled" else "error")

@@ -17,12 +17,12 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..engine.errors import CancelledError, QwodelError
+from ..engine.errors import CancelledError, InterruptedAfterOutput, QwodelError, interrupted_message
 from ..environment import resolve_run_mode
 from .common import one_line
 from .ui_poll import KernelPoller
 
-INTERRUPTED = "Interrupted: the run stopped and no output was written. The session can run again."
+INTERRUPTED = interrupted_message(KeyboardInterrupt())
 
 
 @dataclass
@@ -82,6 +82,11 @@ class RunController:
             outcome = Outcome("done", "", result)
         except CancelledError as exc:
             outcome = Outcome("cancelled", exc.message)
+        except InterruptedAfterOutput as exc:  # the kernel's interrupt, after the output was in place
+            if session.result is not None:  # during the evaluation: the run itself is done
+                outcome = Outcome("done", session.result.evaluation_error or "", session.result)
+            else:
+                outcome = Outcome("cancelled", interrupted_message(exc))
         except KeyboardInterrupt:  # the kernel's interrupt, in a foreground run: the session cancelled it
             outcome = Outcome("cancelled", INTERRUPTED)
         except QwodelError as exc:
