@@ -31,6 +31,10 @@ windows from bench/corpus.py) and batch size for every variant:
   a cache-sized block of rows at a time (``CPU_PIECE_ELEMENTS`` in
   ``qwodel_nb/engine/awq_search.py``), to measure what the pieces gain. On a GPU the fused kernel
   makes them, so the two are the same there.
+* ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
+  made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
+  in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The
+  values are the same; on a GPU the two are the same run.
 
 Each variant loads the model afresh and runs ``oneshot`` (AWQ + W4A16 with group size 64,
 asymmetric, lm_head kept), then saves the compressed model into a temporary folder. Per variant:
@@ -93,7 +97,8 @@ CASES = {
     "gemma3-gpu": dict(device="cuda", samples=16, seq_len=512, batch_size=16),
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
-            "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes")
+            "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
+            "fast-copying-candidates")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -383,6 +388,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_search.SCREENING = {"fast-unscreened": False, "fast-screened": True}.get(variant)
     awq_search.FUSED_ATTENTION = False if variant == "fast-eager" else None
     awq_capture.FAST_HOOKS = variant != "fast-stock-passes"
+    awq_search.CPU_IN_PLACE = variant not in ("fast-whole-candidates", "fast-copying-candidates")
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -396,6 +402,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         awq_search.FUSED_ATTENTION = None
         awq_capture.FAST_HOOKS = True
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = pieces
+        awq_search.CPU_IN_PLACE = True
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -511,6 +518,11 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         # against fast itself: the pieces change no value, so nothing should differ
         "agreement_whole_candidates": (agreement(by["fast"][0], by["fast-whole-candidates"][0])
                                        if by["fast-whole-candidates"] else None),
+        # what making a CPU's candidates in place gains: the pieces with a fresh tensor per step against it
+        "speedup_in_place_awq": (mean("fast-copying-candidates", "awq_s") / mean("fast", "awq_s")
+                                 if by["fast-copying-candidates"] else None),
+        "agreement_copying_candidates": (agreement(by["fast"][0], by["fast-copying-candidates"][0])
+                                         if by["fast-copying-candidates"] else None),
         # what the fast search's calibration hooks and the weight pass over all layers at once gain
         "speedup_fast_passes_awq": (mean("fast-stock-passes", "awq_s") / mean("fast", "awq_s")
                                     if by["fast-stock-passes"] else None),
@@ -559,7 +571,7 @@ def markdown(s: dict) -> str:
              "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening",
              "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
              "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
-             "fast-stock-passes": "fast, stock hooks and weight pass"}
+             "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -597,6 +609,11 @@ def markdown(s: dict) -> str:
         w = s["agreement_whole_candidates"]
         rows.append(f"- Candidates in cache-sized pieces: AWQ phase {s['speedup_pieces_awq']:.2f}x faster than with "
                     f"many grid points per call (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
+                    f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
+    if s.get("speedup_in_place_awq") is not None:
+        w = s["agreement_copying_candidates"]
+        rows.append(f"- Candidates in place on a CPU: AWQ phase {s['speedup_in_place_awq']:.2f}x faster than with a fresh "
+                    f"tensor per step (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
                     f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
     if s.get("speedup_fast_passes_awq") is not None:
         w = s["agreement_stock_passes"]

@@ -1,13 +1,14 @@
-r"""How fast a CPU makes the AWQ search's candidate weights: many grid points per call, or in pieces.
+r"""How fast a CPU makes the AWQ search's candidate weights: many grid points per call, in pieces, in place.
 
 ``qwodel_nb.engine.awq_search.torch_candidates`` computes ``Q(W * s) / s`` for a batch of grid
 points with PyTorch operators: a float64 product, a cast, the group range, compressed-tensors'
 ``calculate_qparams`` and ``fake_quantize``, a float64 division and a cast. On a CPU each of those
 is a pass over memory, and with 20 points of a 576 x 1536 layer the float64 temporaries take
 some 140 MiB, far beyond the caches. Since the ninth session the function makes large batches a
-grid point and a block of rows at a time (``CPU_PIECE_ELEMENTS``). This probe times both ways on
-the shapes of SmolLM2-135M's layers and of a 4096 x 4096 one, with random weights and scales,
-and checks that they give the same values bit for bit.
+grid point and a block of rows at a time (``CPU_PIECE_ELEMENTS``); since the twelfth, in place in
+buffers reused from piece to piece (``qwodel_nb/engine/cpu_candidates.py``). This probe times the
+three ways on the shapes of SmolLM2-135M's layers and of a 4096 x 4096 one, with random weights and
+scales, and checks that they give the same values bit for bit.
 
 Usage (results: ``OUT``, JSON; a table printed last)::
 
@@ -51,9 +52,10 @@ def best_of(repeats: int, make) -> tuple[float, object]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description="CPU candidate weights: many grid points per call against pieces")
+    parser = argparse.ArgumentParser(description="CPU candidate weights: many grid points per call, in pieces, in place")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "cpu", "candidates_probe.json"))
     parser.add_argument("--repeats", type=int, default=3, help="the best of this many timings is kept")
+    parser.add_argument("--shapes", type=int, default=len(SHAPES), help="only the first N shapes (a quick check)")
     args = parser.parse_args(argv)
 
     import torch
@@ -66,18 +68,24 @@ def main(argv=None) -> dict:
     piece = awq_search.CPU_PIECE_ELEMENTS
     rows = []
     try:
-        for out_features, in_features, points in SHAPES:
+        for out_features, in_features, points in SHAPES[: args.shapes]:
             layer = quantized_layer(out_features, in_features, quant.group_size)
             weight = layer.weight.detach()
             scales = torch.rand(points, in_features, dtype=torch.float64) + 0.5  # float64, as duo scaling makes them
+            awq_search.CPU_IN_PLACE = False
             awq_search.CPU_PIECE_ELEMENTS = sys.maxsize
             whole_s, whole = best_of(args.repeats, lambda: awq_search.torch_candidates(layer, weight, scales, quant))
             awq_search.CPU_PIECE_ELEMENTS = piece
             pieces_s, pieces = best_of(args.repeats, lambda: awq_search.torch_candidates(layer, weight, scales, quant))
+            awq_search.CPU_IN_PLACE = True
+            in_place_s, in_place = best_of(args.repeats, lambda: awq_search.torch_candidates(layer, weight, scales, quant))
             rows.append({"shape": [out_features, in_features], "points": points, "whole_s": whole_s,
-                         "pieces_s": pieces_s, "speedup": whole_s / pieces_s, "identical": bool(torch.equal(whole, pieces))})
+                         "pieces_s": pieces_s, "speedup": whole_s / pieces_s, "identical": bool(torch.equal(whole, pieces)),
+                         "in_place_s": in_place_s, "speedup_in_place": pieces_s / in_place_s,
+                         "identical_in_place": bool(torch.equal(in_place, pieces))})
     finally:
         awq_search.CPU_PIECE_ELEMENTS = piece
+        awq_search.CPU_IN_PLACE = True
     result = {
         "command": "python3 bench/cpu_candidates_probe.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
@@ -90,11 +98,13 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=1)
-    print(f"| layer (out x in), points | whole (s) | in pieces (s) | ratio | same values |  ({torch.get_num_threads()} threads)")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"| layer (out x in), points | whole (s) | in pieces (s) | ratio | in place (s) | ratio to pieces | same values |"
+          f"  ({torch.get_num_threads()} threads)")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        same = r["identical"] and r["identical_in_place"]
         print(f"| {r['shape'][0]} x {r['shape'][1]}, {r['points']} | {r['whole_s']:.3f} | {r['pieces_s']:.3f} | "
-              f"{r['speedup']:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+              f"{r['speedup']:.2f}x | {r['in_place_s']:.3f} | {r['speedup_in_place']:.2f}x | {'yes' if same else 'NO'} |")
     return result
 
 

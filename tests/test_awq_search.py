@@ -31,8 +31,11 @@ def _quantized_linear(in_features: int, out_features: int, dtype: torch.dtype, g
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("piece", [None, 1000], ids=["whole", "in-pieces"])
-def test_stacked_quantization_is_bit_identical_to_the_observer_path(dtype, symmetric, piece, monkeypatch):
-    """All points in one call, or (``piece``) a point and 7 rows at a time, as a CPU makes large layers'."""
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "copying"])
+def test_stacked_quantization_is_bit_identical_to_the_observer_path(dtype, symmetric, piece, in_place, monkeypatch):
+    """All points in one call, or (``piece``) a point and 7 rows at a time, as a CPU makes large layers';
+    in place in reused buffers (engine/cpu_candidates.py, a CPU's default) or a tensor per step."""
+    monkeypatch.setattr(awq_search, "CPU_IN_PLACE", in_place)
     if piece is not None:
         monkeypatch.setattr(awq_search, "CPU_PIECE_ELEMENTS", piece)  # 1000 // 128 columns: 7 rows, the last piece short
     layer = _quantized_linear(128, 48, dtype, group_size=64, symmetric=symmetric)

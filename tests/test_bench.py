@@ -245,3 +245,14 @@ def test_capture_cost_counts_every_event(monkeypatch):
     result = capture_cost.main(["--mappings", "3", "--repeats", "2"])
     assert result["events"] == 2 * 3 * (1 + 20 + 1)  # per mapping: started, 20 grid points, finished
     assert 0 < result["best_capture_ms"] <= result["best_wall_ms"]
+
+
+def test_cpu_candidates_probe_times_three_ways_with_the_same_values(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(BENCH)
+    import cpu_candidates_probe
+
+    result = cpu_candidates_probe.main(["--out", str(tmp_path / "probe.json"), "--repeats", "1", "--shapes", "1"])
+    (row,) = result["rows"]
+    assert row["identical"] and row["identical_in_place"]
+    assert row["whole_s"] > 0 and row["pieces_s"] > 0 and row["in_place_s"] > 0
+    assert (tmp_path / "probe.json").is_file()

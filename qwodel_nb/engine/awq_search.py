@@ -84,6 +84,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import cpu_candidates
 from .awq_screening import confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
 from .batch_arguments import map_batch, rows_and_tokens
 from .ranks import agree_all, agree_min, agree_sum, all_reduce, is_distributed
@@ -108,6 +109,8 @@ CPU_KEPT_BYTES = 4
 #: (bench/RESULTS.md): SmolLM2's 576 x 1536 layers, 20 points 0.29 s in one piece, 0.18 s in
 #: pieces; a 4096 x 4096 layer, 2 points 0.58 s and 0.18 s
 CPU_PIECE_ELEMENTS = 1024**2
+#: ... in place, in buffers reused across pieces (:mod:`.cpu_candidates`; benchmarks switch it off to compare)
+CPU_IN_PLACE = True
 #: make candidates with the fused GPU kernel where it applies (benchmarks switch it off to compare)
 FUSED_KERNEL = True
 #: share of the allocated GPU memory the fused kernel's kept candidates may take, with a small floor.
@@ -331,9 +334,12 @@ def torch_candidates(layer: torch.nn.Module, weight: torch.Tensor, scales: torch
     memoryless min-max observer and ``calculate_qparams`` give scale and zero point, which take
     the dtypes of the layer's ``weight_scale``/``weight_zero_point`` parameters (``update_qparams``
     copies into them), then ``fake_quantize``, then division by the scales and a cast back. On a
-    CPU, large batches are made in pieces (:func:`_candidates_in_pieces`).
+    CPU the same steps run in place in reused buffers (:mod:`.cpu_candidates`) where that gives the
+    same values, else large batches are made in pieces (:func:`_candidates_in_pieces`).
     """
     scales = scales.to(weight.device)
+    if CPU_IN_PLACE and cpu_candidates.applies(layer, weight, scales, args):
+        return cpu_candidates.candidates(layer, weight, scales, args, CPU_PIECE_ELEMENTS)
     if weight.device.type == "cpu" and scales.shape[0] * weight.numel() > CPU_PIECE_ELEMENTS:
         return _candidates_in_pieces(layer, weight, scales, args)
     return _candidates_at_once(layer, weight, scales, args)
