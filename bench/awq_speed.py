@@ -31,6 +31,10 @@ windows from bench/corpus.py) and batch size for every variant:
   a cache-sized block of rows at a time (``CPU_PIECE_ELEMENTS`` in
   ``qwodel_nb/engine/awq_search.py``), to measure what the pieces gain. On a GPU the fused kernel
   makes them, so the two are the same there.
+* ``fast-computed-references`` (only when asked for): ``fast`` with every mapping's reference
+  outputs computed again, as stock does, instead of kept from the calibration pass where that gives
+  the same values (``qwodel_nb/engine/awq_references.py``; on a CPU only), to measure what keeping
+  them gains. The values are the same; on a GPU the two are the same run.
 * ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
   made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
   in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The
@@ -98,7 +102,7 @@ CASES = {
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
             "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
-            "fast-copying-candidates")
+            "fast-copying-candidates", "fast-computed-references")
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -346,7 +350,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qwodel_nb.engine import awq_capture, awq_search
+    from qwodel_nb.engine import awq_capture, awq_references, awq_search
     from qwodel_nb.engine.awq import build_recipe, run_oneshot
     from qwodel_nb.engine.awq_capture import AWQModifier
     from qwodel_nb.engine.evaluate import windows_perplexity
@@ -389,6 +393,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_search.FUSED_ATTENTION = False if variant == "fast-eager" else None
     awq_capture.FAST_HOOKS = variant != "fast-stock-passes"
     awq_search.CPU_IN_PLACE = variant not in ("fast-whole-candidates", "fast-copying-candidates")
+    awq_references.ENABLED = variant != "fast-computed-references"
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -403,6 +408,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         awq_capture.FAST_HOOKS = True
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = pieces
         awq_search.CPU_IN_PLACE = True
+        awq_references.ENABLED = True
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -523,6 +529,11 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
                                  if by["fast-copying-candidates"] else None),
         "agreement_copying_candidates": (agreement(by["fast"][0], by["fast-copying-candidates"][0])
                                          if by["fast-copying-candidates"] else None),
+        # what keeping the calibration pass's outputs as references gains: computing them as stock does
+        "speedup_kept_references_awq": (mean("fast-computed-references", "awq_s") / mean("fast", "awq_s")
+                                        if by["fast-computed-references"] else None),
+        "agreement_computed_references": (agreement(by["fast"][0], by["fast-computed-references"][0])
+                                          if by["fast-computed-references"] else None),
         # what the fast search's calibration hooks and the weight pass over all layers at once gain
         "speedup_fast_passes_awq": (mean("fast-stock-passes", "awq_s") / mean("fast", "awq_s")
                                     if by["fast-stock-passes"] else None),
@@ -571,7 +582,8 @@ def markdown(s: dict) -> str:
              "fast-unscreened": "fast, no screening", "fast-screened": "fast, screening",
              "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
              "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
-             "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates"}
+             "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates",
+             "fast-computed-references": "fast, computed references"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -614,6 +626,11 @@ def markdown(s: dict) -> str:
         w = s["agreement_copying_candidates"]
         rows.append(f"- Candidates in place on a CPU: AWQ phase {s['speedup_in_place_awq']:.2f}x faster than with a fresh "
                     f"tensor per step (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
+                    f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
+    if s.get("speedup_kept_references_awq") is not None:
+        w = s["agreement_computed_references"]
+        rows.append(f"- Reference outputs from the calibration pass: AWQ phase {s['speedup_kept_references_awq']:.2f}x faster "
+                    f"than with them computed again (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
                     f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
     if s.get("speedup_fast_passes_awq") is not None:
         w = s["agreement_stock_passes"]

@@ -372,6 +372,9 @@ def test_fast_search_makes_the_stock_choices(tiny_llama, calibration_texts, batc
     assert fast.search_summary["methods"].get("gram", 0) + fast.search_summary["methods"].get("forward", 0) == len(fast.records)
     assert fast.search_summary["fused_candidates"] == 0  # the fused kernel is for GPUs; here PyTorch operators
     assert len(stock.records) == len(fast.records) > 0
+    # every reference but the first (compared with the computed one) came from the calibration pass
+    assert fast.search_summary["references_kept"] == len(fast.records) - 1
+    assert stock.search_summary["references_kept"] == 0
     for s, f in zip(stock.records, fast.records):
         assert s.smooth_layer == f.smooth_layer
         assert len(f.grid_losses) == len(s.grid_losses) == 20

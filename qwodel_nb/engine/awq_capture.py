@@ -32,10 +32,12 @@ import torch
 from llmcompressor.modifiers.transform.awq import AWQModifier as _StockAWQModifier
 from pydantic import PrivateAttr
 
+from . import awq_references
 from .activation_sums import BatchSums
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
 from .awq_hooks import activation_sum_hook, parent_arguments_hook
+from .awq_references import CapturedReferences
 from .awq_screening import still_pays
 from .awq_search import Unsupported, search_best_scales
 from .awq_smoothing import apply_smoothing
@@ -96,6 +98,7 @@ class AWQModifier(_StockAWQModifier):
     _qw_attended: list = PrivateAttr(default_factory=list)  # per fused-attention mapping: (points confirmed, points)
     _qw_chosen: Any = PrivateAttr(default=None)  # the fast search's (index, exact flags) for the last mapping
     _qw_screened: list = PrivateAttr(default_factory=list)  # per screened mapping: (points confirmed, points)
+    _qw_references: Any = PrivateAttr(default=None)  # the parents' calibration-pass outputs (awq_references)
 
     def observe(self, emitter: Emitter | None, num_layers: int, *, search: str = "fast", capture: bool = True,
                 clip: str = "none") -> "AWQModifier":
@@ -149,6 +152,8 @@ class AWQModifier(_StockAWQModifier):
             "screened_points_confirmed": sum(c for c, _ in self._qw_screened),
             "screened_points": sum(n for _, n in self._qw_screened),
             "stock_fallbacks": [dict(f) for f in self._qw_fallbacks],
+            # mappings whose reference outputs were the calibration pass's (engine/awq_references.py)
+            "references_kept": self._qw_references.kept if self._qw_references is not None else 0,
             "clip": self._qw_clip,
             "clip_s": self._qw_clip_s,
             "smoothing_s": self._qw_smoothing_s,  # scale search + smoothing + clipping, all layers
@@ -171,16 +176,21 @@ class AWQModifier(_StockAWQModifier):
 
     def _setup_activation_cache_hooks(self) -> None:
         """The fast search records the same arguments and sums as stock, with less host work per
-        batch (``engine/awq_hooks.py``); the stock search keeps stock's hooks."""
+        batch (``engine/awq_hooks.py``), and keeps the parents' outputs as their reference outputs
+        where that gives the same values (``engine/awq_references.py``); the stock search keeps
+        stock's hooks."""
         if self._qw_search != "fast" or not FAST_HOOKS:
             return super()._setup_activation_cache_hooks()
         from llmcompressor.pipelines.cache import IntermediatesCache
 
         record = parent_arguments_hook(lambda module, arguments: self._parent_args_cache[module].append(arguments))
+        self._qw_references = CapturedReferences() if awq_references.ENABLED else None
         for mapping in self._resolved_mappings:
             if mapping.parent not in self._parent_args_cache:
                 self._parent_args_cache[mapping.parent] = IntermediatesCache(None, self.offload_device)
                 self.register_hook(mapping.parent, record, "forward_pre", with_kwargs=True)
+                if self._qw_references is not None:
+                    self.register_hook(mapping.parent, self._qw_references.hook(), "forward", with_kwargs=True)
             target = getattr(mapping, "activation_hook_target", None) or mapping.balance_layers[0]
             self.register_hook(target, activation_sum_hook(self._smooth_activation_stats, mapping.smooth_name), "forward")
 

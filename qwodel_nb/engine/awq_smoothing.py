@@ -8,8 +8,9 @@ context and the hook switch once for all mappings of the subgraph (and skips the
 walk when the modules it runs are in eval mode already, as the pipeline leaves them):
 
 1. for each mapping with cached activations: onload its modules, run the parent on every cached
-   batch to get the reference outputs (skipping the mapping, as stock does, when there are none
-   or they are not finite), keep the balance layers' original weights;
+   batch to get the reference outputs, or take the ones the calibration pass made where they are
+   the same (``engine/awq_references.py``), skipping the mapping, as stock does, when there are
+   none or they are not finite; keep the balance layers' original weights;
 2. ask ``modifier._compute_best_scale`` for the scales (the fast search, or the stock one);
 3. multiply the balance layers' input columns by the scales and divide the smooth layer's output
    (its weight rows and bias) by them;
@@ -35,10 +36,14 @@ def apply_smoothing(modifier: Any, model: torch.nn.Module) -> None:
     from llmcompressor.modifiers.utils.hooks import HooksMixin
 
     pending = [m for m in modifier._resolved_mappings if m.smooth_name in modifier._smooth_activation_stats]
+    kept = getattr(modifier, "_qw_references", None)  # the parents' calibration-pass outputs, if kept
     if not pending:
+        if kept is not None:
+            kept.clear()
         modifier._assert_all_activations_consumed()
         return
     parents = list(dict.fromkeys(m.parent for m in pending))
+    changed: set[torch.nn.Module] = set()  # the layers the mappings so far have rescaled
     with _calibration_context(model, parents), HooksMixin.disable_hooks():
         for mapping in pending:
             parent = mapping.parent
@@ -46,7 +51,7 @@ def apply_smoothing(modifier: Any, model: torch.nn.Module) -> None:
             for batch_index in range(len(cache)):
                 cache.pin_memory(batch_index)
             with align_modules([parent, mapping.smooth_layer, *mapping.balance_layers]):
-                reference = modifier._run_samples(parent)
+                reference = kept.reference(modifier, parent, changed) if kept is not None else modifier._run_samples(parent)
                 # In a distributed run every rank must skip or search together (the search calls
                 # collectives): a mapping is skipped when no rank has outputs, or any has NaN/inf.
                 if agree_all(not reference or all(r.numel() == 0 for r in reference)):
@@ -63,9 +68,12 @@ def apply_smoothing(modifier: Any, model: torch.nn.Module) -> None:
                 original = {layer: layer.weight.clone() for layer in mapping.balance_layers}
                 scales = modifier._compute_best_scale(mapping, reference, original)
                 _smooth(mapping, scales, original, update_offload_parameter)
+                changed.update((mapping.smooth_layer, *mapping.balance_layers))
                 del modifier._smooth_activation_stats[mapping.smooth_name]
                 del modifier._parent_args_cache[parent]
                 del original, reference
+    if kept is not None:
+        kept.clear()  # a skipped mapping's outputs
     modifier._assert_all_activations_consumed()
 
 
