@@ -80,10 +80,6 @@ class InterruptedAfterOutput(KeyboardInterrupt):
         super().__init__(output_path)
         self.output_path = output_path
 
-    @property
-    def message(self) -> str:
-        return f"interrupted after the output was written; it is complete in {self.output_path}"
-
 
 def interrupted_message(exc: BaseException) -> str:
     """What a Ctrl-C (a kernel interrupt) did to a run, in one sentence for the notebook layers."""
