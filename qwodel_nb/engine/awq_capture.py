@@ -326,38 +326,45 @@ class AWQModifier(_StockAWQModifier):
     def _compute_best_scale(self, mapping, fp16_outputs, orig_layer_weights):
         if not self._qw_capture:
             return self._search(mapping, fp16_outputs, orig_layer_weights)
-        with self._capturing():
-            emitter = self._emitter()
-            x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
-            x_sum, count = all_reduce([x_sum, count])  # all ranks' tokens: the same record on every rank
-            # the sums sit on the GPU (the fast search's hooks, or a distributed all-reduce) or on the CPU:
-            # copying the mean back waits until the search has read its losses anyway, not before it starts;
-            # the count is a CPU tensor outside a distributed run, read without a copy to the device
-            act_mean = (x_sum / int(count)).float()
-            self._qw_losses = []
-            self._qw_best = float("inf")
-            emitter.emit(
-                MappingStarted,
-                layer=self._qw_layer,
-                num_layers=self._num_layers_seen,
-                mapping=self._qw_mapping,
-                num_mappings=self._qw_num_mappings,
-                smooth_layer=mapping.smooth_name,
-                balance_layers=tuple(mapping.balance_names),
-            )
+        # The private attributes are read and written in their dict: pydantic serves each through
+        # __getattr__, about a microsecond apiece, some thirty times per mapping (bench/capture_cost.py).
+        private = self.__pydantic_private__
+        started = time.perf_counter()
+        emitter = self._emitter()
+        x_sum, count = self._smooth_activation_stats[mapping.smooth_name]
+        x_sum, count = all_reduce([x_sum, count])  # all ranks' tokens: the same record on every rank
+        # the sums sit on the GPU (the fast search's hooks, or a distributed all-reduce) or on the CPU:
+        # copying the mean back waits until the search has read its losses anyway, not before it starts;
+        # the count is a CPU tensor outside a distributed run, read without a copy to the device
+        act_mean = (x_sum / int(count)).float()
+        private["_qw_losses"] = []
+        private["_qw_best"] = float("inf")
+        layer, mapping_index, num_mappings = private["_qw_layer"], private["_qw_mapping"], private["_qw_num_mappings"]
+        emitter.emit(
+            MappingStarted,
+            layer=layer,
+            num_layers=max(private["_qw_num_layers"], private["_qw_layers_done"] + 1),  # _num_layers_seen
+            mapping=mapping_index,
+            num_mappings=num_mappings,
+            smooth_layer=mapping.smooth_name,
+            balance_layers=tuple(mapping.balance_names),
+        )
+        private["_qw_capture_s"] += time.perf_counter() - started
         scales = self._search(mapping, fp16_outputs, orig_layer_weights)
-        with self._capturing():
+        started = time.perf_counter()
+        try:
             act_mean = act_mean.cpu()
             grid = self._get_grid_search_params()
-            losses = list(self._qw_losses)
-            chosen, self._qw_chosen = self._qw_chosen, None
+            losses = list(private["_qw_losses"])
+            chosen, private["_qw_chosen"] = private["_qw_chosen"], None
             if chosen is not None and len(chosen[1]) == len(losses):
                 best, exact = chosen  # screened: the choice is among the points evaluated in full
             else:
                 best = min(range(len(losses)), key=lambda i: (losses[i], i))  # first minimum, as stock keeps it
                 exact = ()
+            records = private["_qw_records"]
             record = MappingRecord(
-                index=len(self._qw_records),
+                index=len(records),
                 layer=layer_index(mapping.smooth_name),
                 smooth_layer=mapping.smooth_name,
                 balance_layers=tuple(mapping.balance_names),
@@ -375,18 +382,20 @@ class AWQModifier(_StockAWQModifier):
                 scales=scales.float().cpu().numpy(),
                 activation_means=act_mean.numpy(),
             )
-            self._qw_records.append(record)
+            records.append(record)
             emitter.emit(
                 MappingFinished,
-                layer=self._qw_layer,
-                mapping=self._qw_mapping,
-                num_mappings=self._qw_num_mappings,
+                layer=layer,
+                mapping=mapping_index,
+                num_mappings=num_mappings,
                 smooth_layer=mapping.smooth_name,
                 best_ratio=record.best_ratio,
                 best_loss=record.best_loss,
                 rtn_loss=record.rtn_loss,
             )
-            self._qw_mapping += 1
+            private["_qw_mapping"] = mapping_index + 1
+        finally:
+            private["_qw_capture_s"] += time.perf_counter() - started
         return scales
 
     def _search(self, mapping, fp16_outputs, orig_layer_weights):
@@ -433,18 +442,21 @@ class AWQModifier(_StockAWQModifier):
 
     def _on_points(self, indices: list[int], losses: list[float]) -> None:
         """Grid points whose losses are known: one event each (the emitter also checks for cancel)."""
-        with self._capturing():
-            self._send_points(indices, losses)
+        private = self.__pydantic_private__  # as in _compute_best_scale: no __getattr__ per read
+        started = time.perf_counter()
+        try:
+            self._send_points(private, indices, losses)
+        finally:
+            private["_qw_capture_s"] += time.perf_counter() - started
 
-    def _send_points(self, indices: list[int], losses: list[float]) -> None:
-        # pydantic serves every private attribute through __getattr__ (a few microseconds each):
-        # read them once per call, not once per point (measured: 1.4 ms per mapping before)
+    def _send_points(self, private: dict, indices: list[int], losses: list[float]) -> None:
         grid = self._get_grid_search_params()
         num_points = len(grid)
-        layer, mapping, num_mappings = self._qw_layer, self._qw_mapping, self._qw_num_mappings
+        layer, mapping, num_mappings = private["_qw_layer"], private["_qw_mapping"], private["_qw_num_mappings"]
         per_layer = max(num_mappings, 1)
-        num_layers, layers_done, started = self._num_layers_seen, self._qw_layers_done, self._qw_awq_started
-        recorded, best = self._qw_losses, self._qw_best
+        layers_done, started = private["_qw_layers_done"], private["_qw_awq_started"]
+        num_layers = max(private["_qw_num_layers"], layers_done + 1)  # _num_layers_seen
+        recorded, best = private["_qw_losses"], private["_qw_best"]
         common = dict(layer=layer, num_layers=num_layers, mapping=mapping, num_mappings=num_mappings, num_points=num_points)
         rows = []
         now = time.perf_counter() - started  # the points of one call are known at the same moment
@@ -457,4 +469,4 @@ class AWQModifier(_StockAWQModifier):
         try:
             self._emitter().emit_each(GridPoint, common, rows)
         finally:
-            self._qw_best = best
+            private["_qw_best"] = best
