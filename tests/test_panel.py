@@ -688,6 +688,10 @@ def test_foreground_run_in_a_real_kernel(tiny_llama, tmp_path):
     try:
         kernel.execute(
             "from qwodel_nb import Session, panel\nfrom qwodel_nb.engine.demo import generate_text\n"
+            # the tiny run takes well under a second after its first grid point, less than a Cancel
+            # click's way to the kernel and its next poll: each mapping's search waits a quarter second
+            "import time\nfrom qwodel_nb.engine import awq_capture\n_search = awq_capture.search_best_scales\n"
+            "awq_capture.search_best_scales = lambda *a, **k: (time.sleep(0.25), _search(*a, **k))[1]\n"
             f"s = Session(model={tiny_llama!r}, output={str(out)!r}, calibration_dataset=generate_text(48, seed=11), "
             "num_samples=8, seq_len=48, batch_size=2)\n"
             "p = panel(s, run_mode='foreground')\ndisplay(p)\n")
