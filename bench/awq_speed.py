@@ -103,6 +103,18 @@ CASES = {
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
             "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
             "fast-copying-candidates", "fast-computed-references")
+#: fast without one of its measures, each the same values (variant, summary keys of its speed-up
+#: and of its agreement with fast, the measure, what the variant does instead)
+SAME_VALUE_VARIANTS = (
+    ("fast-whole-candidates", "speedup_pieces_awq", "agreement_whole_candidates",
+     "Candidates in cache-sized pieces", "many grid points per call"),
+    ("fast-copying-candidates", "speedup_in_place_awq", "agreement_copying_candidates",
+     "Candidates in place on a CPU", "a fresh tensor per step"),
+    ("fast-computed-references", "speedup_kept_references_awq", "agreement_computed_references",
+     "Reference outputs from the calibration pass", "them computed again"),
+    ("fast-stock-passes", "speedup_fast_passes_awq", "agreement_stock_passes",
+     "Calibration hooks and the weight pass over all layers at once", "llm-compressor's own"),
+)
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
 DEFAULT_VARIANTS = ("stock", "fast", "fast-nocapture")
@@ -518,27 +530,6 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "peak_ratio": peak("fast") / peak("stock") if peak("stock") > 0 else None,
         # what the fused candidate kernel gains: the PyTorch-operator candidates against it
         "speedup_fused_awq": mean("fast-unfused", "awq_s") / mean("fast", "awq_s") if by["fast-unfused"] else None,
-        # what making a CPU's candidates in cache-sized pieces gains: many points per call against it
-        "speedup_pieces_awq": (mean("fast-whole-candidates", "awq_s") / mean("fast", "awq_s")
-                               if by["fast-whole-candidates"] else None),
-        # against fast itself: the pieces change no value, so nothing should differ
-        "agreement_whole_candidates": (agreement(by["fast"][0], by["fast-whole-candidates"][0])
-                                       if by["fast-whole-candidates"] else None),
-        # what making a CPU's candidates in place gains: the pieces with a fresh tensor per step against it
-        "speedup_in_place_awq": (mean("fast-copying-candidates", "awq_s") / mean("fast", "awq_s")
-                                 if by["fast-copying-candidates"] else None),
-        "agreement_copying_candidates": (agreement(by["fast"][0], by["fast-copying-candidates"][0])
-                                         if by["fast-copying-candidates"] else None),
-        # what keeping the calibration pass's outputs as references gains: computing them as stock does
-        "speedup_kept_references_awq": (mean("fast-computed-references", "awq_s") / mean("fast", "awq_s")
-                                        if by["fast-computed-references"] else None),
-        "agreement_computed_references": (agreement(by["fast"][0], by["fast-computed-references"][0])
-                                          if by["fast-computed-references"] else None),
-        # what the fast search's calibration hooks and the weight pass over all layers at once gain
-        "speedup_fast_passes_awq": (mean("fast-stock-passes", "awq_s") / mean("fast", "awq_s")
-                                    if by["fast-stock-passes"] else None),
-        "agreement_stock_passes": (agreement(by["fast"][0], by["fast-stock-passes"][0])
-                                   if by["fast-stock-passes"] else None),
         # what fused causal attention gains: the same search under eager attention against it
         "speedup_fused_attention_awq": mean("fast-eager", "awq_s") / mean("fast", "awq_s") if by["fast-eager"] else None,
         "agreement_eager": agreement(by["stock"][0], by["fast-eager"][0]) if by["fast-eager"] else None,
@@ -569,6 +560,11 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
         "agreement": agree,
         "search": by["fast"][0]["search"],
     }
+    # what each of fast's measures gains against the same search without it; none changes a value,
+    # so the agreement with fast itself should be complete
+    for variant, speedup, agreement_key, _, _ in SAME_VALUE_VARIANTS:
+        s[speedup] = mean(variant, "awq_s") / mean("fast", "awq_s") if by[variant] else None
+        s[agreement_key] = agreement(by["fast"][0], by[variant][0]) if by[variant] else None
     p_s, p_f = s["perplexity"]["stock"], s["perplexity"]["fast"]
     s["perplexity_rel_diff"] = (p_f - p_s) / p_s if p_s and p_f else None
     return s
@@ -617,26 +613,12 @@ def markdown(s: dict) -> str:
                     f"{found.get('screened', 0)} mappings screened, {found.get('screened_points_confirmed', 0)} of their "
                     f"{found.get('screened_points', 0)} grid points evaluated on every token. Without it: "
                     f"{u['same_choice']}/{u['mappings']} same choices, curves within {100 * u['max_curve_rel_diff']:.3f}%.")
-    if s.get("speedup_pieces_awq") is not None:
-        w = s["agreement_whole_candidates"]
-        rows.append(f"- Candidates in cache-sized pieces: AWQ phase {s['speedup_pieces_awq']:.2f}x faster than with "
-                    f"many grid points per call (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
-                    f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
-    if s.get("speedup_in_place_awq") is not None:
-        w = s["agreement_copying_candidates"]
-        rows.append(f"- Candidates in place on a CPU: AWQ phase {s['speedup_in_place_awq']:.2f}x faster than with a fresh "
-                    f"tensor per step (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
-                    f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
-    if s.get("speedup_kept_references_awq") is not None:
-        w = s["agreement_computed_references"]
-        rows.append(f"- Reference outputs from the calibration pass: AWQ phase {s['speedup_kept_references_awq']:.2f}x faster "
-                    f"than with them computed again (the same choice as fast in {w['same_choice']}/{w['mappings']} mappings; "
-                    f"loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
-    if s.get("speedup_fast_passes_awq") is not None:
-        w = s["agreement_stock_passes"]
-        rows.append(f"- Calibration hooks and the weight pass over all layers at once: AWQ phase {s['speedup_fast_passes_awq']:.2f}x "
-                    f"faster than the same search with llm-compressor's own (the same choice as fast in "
-                    f"{w['same_choice']}/{w['mappings']} mappings; loss curves differ by at most {100 * w['max_curve_rel_diff']:.3f}%).")
+    for variant, speedup, agreement_key, what, instead in SAME_VALUE_VARIANTS:
+        if s.get(speedup) is not None:
+            w = s[agreement_key]
+            rows.append(f"- {what}: AWQ phase {s[speedup]:.2f}x faster than with {instead} (the same choice as fast in "
+                        f"{w['same_choice']}/{w['mappings']} mappings; loss curves differ by at most "
+                        f"{100 * w['max_curve_rel_diff']:.3f}%).")
     if s.get("speedup_fused_awq") is not None:
         rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
     if s.get("speedup_fused_attention_awq") is not None:

@@ -275,8 +275,7 @@ class AWQModifier(_StockAWQModifier):
 
     @property
     def _num_layers_seen(self) -> int:
-        """Decoder layers in the run: as planned, or more if the pipeline has shown more."""
-        return max(self._qw_num_layers, self._qw_layers_done + 1)
+        return _layers_seen(self.__pydantic_private__)
 
     def _layers_eta(self, fraction_of_current: float) -> float | None:
         total = self._num_layers_seen
@@ -343,7 +342,7 @@ class AWQModifier(_StockAWQModifier):
         emitter.emit(
             MappingStarted,
             layer=layer,
-            num_layers=max(private["_qw_num_layers"], private["_qw_layers_done"] + 1),  # _num_layers_seen
+            num_layers=_layers_seen(private),
             mapping=mapping_index,
             num_mappings=num_mappings,
             smooth_layer=mapping.smooth_name,
@@ -455,7 +454,7 @@ class AWQModifier(_StockAWQModifier):
         layer, mapping, num_mappings = private["_qw_layer"], private["_qw_mapping"], private["_qw_num_mappings"]
         per_layer = max(num_mappings, 1)
         layers_done, started = private["_qw_layers_done"], private["_qw_awq_started"]
-        num_layers = max(private["_qw_num_layers"], layers_done + 1)  # _num_layers_seen
+        num_layers = _layers_seen(private)
         recorded, best = private["_qw_losses"], private["_qw_best"]
         common = dict(layer=layer, num_layers=num_layers, mapping=mapping, num_mappings=num_mappings, num_points=num_points)
         rows = []
@@ -470,3 +469,9 @@ class AWQModifier(_StockAWQModifier):
             self._emitter().emit_each(GridPoint, common, rows)
         finally:
             private["_qw_best"] = best
+
+
+def _layers_seen(private: dict) -> int:
+    """Decoder layers in the run: as planned, or more if the pipeline has shown more (read from the
+    modifier's private dict, as its per-mapping capture does)."""
+    return max(private["_qw_num_layers"], private["_qw_layers_done"] + 1)
