@@ -33,8 +33,8 @@ windows from bench/corpus.py) and batch size for every variant:
   makes them, so the two are the same there.
 * ``fast-computed-references`` (only when asked for): ``fast`` with every mapping's reference
   outputs computed again, as stock does, instead of kept from the calibration pass where that gives
-  the same values (``qwodel_nb/engine/awq_references.py``; on a CPU only), to measure what keeping
-  them gains. The values are the same; on a GPU the two are the same run.
+  the same values (``qwodel_nb/engine/awq_references.py``), to measure what keeping them gains.
+  The values are the same.
 * ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
   made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
   in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The

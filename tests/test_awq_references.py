@@ -104,3 +104,32 @@ def test_outputs_on_other_devices_are_not_kept(monkeypatch):
     parent = torch.nn.Linear(4, 4)
     refs.hook()(parent, (torch.randn(2, 4),), {}, parent(torch.randn(2, 4)))
     assert refs.outputs == {}
+
+
+def test_a_gpu_keeps_outputs_up_to_its_cap_and_computes_the_rest(monkeypatch):
+    """Outputs off the CPU count against the cap: a parent whose next output would pass it keeps
+    none (its references are computed), and what a mapping takes out is counted off again. The
+    "meta" device stands in for a GPU here: the accounting reads only sizes and device types."""
+    monkeypatch.setattr(awq_references, "DEVICES", ("meta",))
+    size = 4 * 8 * 4  # one float32 output of 4 x 8
+    refs = CapturedReferences(gpu_bytes=3 * size)
+    hook = refs.hook()
+    first, second, third = (torch.nn.Linear(8, 8) for _ in range(3))
+    output = torch.empty(4, 8, device="meta")
+    for parent, batches in ((first, 2), (second, 2), (third, 1)):
+        for _ in range(batches):
+            hook(parent, (), {}, output)
+    # first's two fit; second's second would pass the cap, so second keeps nothing; third's fits
+    assert [len(refs.outputs.get(p, [])) for p in (first, second, third)] == [2, 0, 1]
+    assert refs.gpu_held == 3 * size and refs.dropped == {second}
+    hook(second, (), {}, output)  # dropped for this calibration pass: no late, partial list
+    assert second not in refs.outputs
+
+    modifier = _Modifier({first: [None, None], second: [None, None], third: [None]})
+    modifier._run_samples = lambda parent: ["computed"] * len(modifier._parent_args_cache[parent])
+    refs.trusted = True
+    assert len(refs.reference(modifier, first, set())) == 2 and refs.kept == 1
+    assert refs.gpu_held == size
+    assert refs.reference(modifier, second, set()) == ["computed", "computed"] and second not in refs.dropped
+    refs.clear()
+    assert refs.gpu_held == 0 and refs.outputs == {}
