@@ -128,6 +128,7 @@ def launch_shapes() -> list[dict]:
     args = layer.quantization_scheme.weights
     q_min, q_max, divisor, eps = fc._constants(args, weight.dtype)
     reference = fused_candidates(weight, scales, args)
+    inverse = 1.0 / scales
     rows = []
     for block in (8, 16, 32, 64):
         for warps in (2, 4, 8):
@@ -135,9 +136,10 @@ def launch_shapes() -> list[dict]:
 
             def run():
                 fc._candidates_kernel[(triton.cdiv(14336, block), 4096 // 64, 20)](
-                    weight, scales, out, 14336, 4096, q_min, q_max, divisor, eps,
+                    weight, scales, inverse, out, 14336, 4096, q_min, q_max, divisor, eps,
                     GROUP=64, BLOCK=block, SYMMETRIC=False, DTYPE=fc._TL_DTYPES[weight.dtype],
-                    KIND=fc._KINDS[weight.dtype], S64=True, num_warps=warps,
+                    KIND=fc._KINDS[weight.dtype], S64=True, NEAR=fc.NEAR_TIE, RECIPROCAL=fc.RECIPROCAL,
+                    num_warps=warps,
                 )
 
             ms = median_ms(run)

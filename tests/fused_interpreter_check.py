@@ -42,7 +42,36 @@ def helpers() -> dict:
     }
 
 
-def candidates() -> list[dict]:
+@triton.jit
+def _near_kernel(r_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    inside = offsets < n
+    r = tl.load(r_ptr + offsets, mask=inside, other=0.0)
+    tl.store(out_ptr + offsets, fc._near_tie(r, fc.NEAR_TIE).to(tl.int32), mask=inside)
+
+
+def near_ties() -> dict:
+    """The kernel's test for float64 quotients next to a float32 rounding boundary."""
+    ulp = 2.0**-23  # float32's, of values in [1, 2)
+    values = {
+        "midpoint above 1": (1.0 + ulp / 2, 1), "4 float64 ulps below it": (1.0 + ulp / 2 - 2.0**-50, 1),
+        "midpoint below 1": (1.0 - ulp / 4, 1), "a quarter ulp above 1": (1.0 + ulp / 4, 0),
+        "a quarter ulp below 1.5": (1.5 - ulp / 4, 0), "100 float64 ulps above the midpoint": (1.0 + ulp / 2 + 100 * 2.0**-52, 0),
+        "exactly 1": (1.0, 0), "midpoint above 3": (3.0 + ulp, 1), "0.1": (0.1, 0), "-2.5 less a little": (-2.5 - 1e-12, 0),
+        "-(midpoint above 5)": (-(5.0 + ulp * 2), 1), "zero": (0.0, 0), "a float32 subnormal": (1e-40, 1),
+        "the smallest normal float32": (2.0**-126, 0), "beyond float32": (1e39, 1), "infinity": (float("inf"), 1),
+        "NaN": (float("nan"), 1),
+    }
+    r = torch.tensor([v for v, _ in values.values()], dtype=torch.float64)
+    out = torch.empty(len(values), dtype=torch.int32)
+    _near_kernel[(1,)](r, out, len(values), BLOCK=32)
+    return {name: int(got) == want for (name, (_, want)), got in zip(values.items(), out.tolist())}
+
+
+def candidates(near: int = fc.NEAR_TIE, reciprocal: bool = True) -> list[dict]:
+    """Every setting against the PyTorch path; ``near`` 2**29 takes every tile for near a tie (it
+    divides for real), ``reciprocal`` False makes the kernel divide throughout."""
+    fc.NEAR_TIE, fc.RECIPROCAL, fc.RECIPROCAL_MIN_WEIGHTS = near, reciprocal, 0
     rows = []
     seed = 0
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -87,7 +116,7 @@ def self_check() -> dict:
     try:
         fc.fused_candidates = cannot_compile
         out["raises"] = awq_search._fused_self_check(layer, weight, scales, args)
-        fc.fused_candidates = lambda w, s, a: real(w, s, a) * 2
+        fc.fused_candidates = lambda w, s, a, *rest: real(w, s, a, *rest) * 2
         out["differs"] = awq_search._fused_self_check(layer, weight, scales, args)
     finally:
         fc.fused_candidates = real
@@ -95,4 +124,6 @@ def self_check() -> dict:
 
 
 if __name__ == "__main__":
-    json.dump({"helpers": helpers(), "candidates": candidates(), "self_check": self_check()}, sys.stdout)
+    json.dump({"helpers": helpers(), "near_ties": near_ties(), "candidates": candidates(),
+               "candidates_near_ties": candidates(2**29), "candidates_dividing": candidates(reciprocal=False),
+               "self_check": self_check()}, sys.stdout)

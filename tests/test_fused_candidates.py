@@ -41,10 +41,13 @@ def test_kernel_in_the_triton_interpreter_is_bit_identical_to_the_pytorch_path()
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["helpers"] == {"bf16": True, "fp16": True, "rint": True}
-    rows = result["candidates"]
-    assert len(rows) == 24  # 3 weight dtypes x 2 symmetries x 2 scale dtypes x 2 group sizes
-    assert [r["case"] for r in rows if not r["identical"]] == []
-    assert all(r["distinct_points"] for r in rows)
+    assert [name for name, right in result["near_ties"].items() if not right] == []
+    # the divisions as multiplications (the default), every tile taken for near a tie (the
+    # fallback), and the kernel dividing throughout
+    for rows in (result["candidates"], result["candidates_near_ties"], result["candidates_dividing"]):
+        assert len(rows) == 24  # 3 weight dtypes x 2 symmetries x 2 scale dtypes x 2 group sizes
+        assert [r["case"] for r in rows if not r["identical"]] == []
+        assert all(r["distinct_points"] for r in rows)
     # the search's first-use check passes the kernel and turns away one that raises or differs
     assert result["self_check"] == {"kernel": True, "raises": False, "differs": False}
 

@@ -291,7 +291,8 @@ def fused_applies(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Te
 
 def _fused_self_check(layer: torch.nn.Module, weight: torch.Tensor, scales: torch.Tensor, args: Any) -> bool:
     """The fused kernel against the PyTorch path on this layer's first rows, first and last grid
-    point: equal bit for bit, or the kernel is not used (a warning says why)."""
+    point, with its last step in both forms: equal bit for bit, or the kernel is not used (a
+    warning says why)."""
     import logging
 
     from .fused_candidates import fused_candidates
@@ -299,8 +300,9 @@ def _fused_self_check(layer: torch.nn.Module, weight: torch.Tensor, scales: torc
     rows, points = weight[:32], scales[[0, -1]]
     why = None
     try:
-        fused = fused_candidates(rows, points, args)
-        if not torch.equal(fused, torch_candidates(layer, rows, points, args)):
+        expected = torch_candidates(layer, rows, points, args)
+        # both forms of its last step (a division, or a multiplication by the reciprocals on large layers)
+        if not all(torch.equal(fused_candidates(rows, points, args, reciprocal), expected) for reciprocal in (False, True)):
             why = "its candidate weights differ from the PyTorch operators' on this GPU"
     except torch.cuda.OutOfMemoryError:
         raise

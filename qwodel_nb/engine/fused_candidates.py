@@ -17,7 +17,8 @@ point), with the same arithmetic step by step:
    operation in float32, rounded to that dtype, as PyTorch's reduced-precision kernels do), a zero
    scale replaced by the dtype's epsilon, the zero point rounded half to even into int8;
 4. ``fake_quantize``'s quantize-dequantize, operation by operation with the same rounding;
-5. division by ``s`` in the scales' dtype and rounding back to the weight's dtype.
+5. division by ``s`` in the scales' dtype and rounding back to the weight's dtype (on large layers
+   a multiplication by the reciprocals of ``s`` where that rounds the same: ``_candidates_kernel``).
 
 Divisions use ``div_rn`` (IEEE round to nearest, as PyTorch's CUDA division) and rounding to an
 integer rounds half to even (as ``torch.round``); rounding to bf16 is done on the bits, so that
@@ -49,6 +50,15 @@ except ImportError:  # pragma: no cover - depends on the PyTorch build
 
 #: rows of one group handled by one program (a tile is BLOCK_ROWS x group size)
 BLOCK_ROWS = 16
+#: how close to a float32 rounding boundary, in float64 ulps, a multiplied quotient may not come for
+#: the kernel to keep it: it lies within 4 of the quotient (``_near_tie``); tests set 2**29 (never keep)
+NEAR_TIE = 64
+#: whether the last division (``/ s``) is a multiplication by the reciprocals (the same values)
+RECIPROCAL = True
+#: ... on layers of at least this many weights: on the H200 it took the 8B shapes' kernel from 6.75
+#: to 5.0 ms (14336 x 4096, 20 points) and from 0.65 to 0.43 ms (1024 x 4096), while SmolLM2's,
+#: whose time is launches, got slower (0.16 to 0.24 ms at 1536 x 576; bench/RESULTS.md)
+RECIPROCAL_MIN_WEIGHTS = 1 << 21
 _FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -91,10 +101,16 @@ def _constants(args: Any, dtype: torch.dtype) -> tuple[float, float, float, floa
     return q_min, q_max, float(divisor.item()), float(torch.finfo(dtype).eps)
 
 
-def fused_candidates(weight: torch.Tensor, scales: torch.Tensor, args: Any) -> torch.Tensor:
-    """``Q(W * s) / s`` for each row of ``scales`` [g, in]: [g, out, in] in the weight's dtype."""
+def fused_candidates(weight: torch.Tensor, scales: torch.Tensor, args: Any, reciprocal: bool | None = None) -> torch.Tensor:
+    """``Q(W * s) / s`` for each row of ``scales`` [g, in]: [g, out, in] in the weight's dtype.
+    ``reciprocal`` (default: ``RECIPROCAL`` on layers of ``RECIPROCAL_MIN_WEIGHTS`` or more): whether
+    ``/ s`` is made as a multiplication by the reciprocals of ``s``, where that gives the same
+    values (``_candidates_kernel``)."""
     weight = weight.contiguous()
     scales = scales.to(weight.device).contiguous()
+    if reciprocal is None:
+        reciprocal = RECIPROCAL and weight.numel() >= RECIPROCAL_MIN_WEIGHTS
+    inverse = torch.reciprocal(scales.double()) if reciprocal else scales  # float64; unread without
     g = scales.shape[0]
     rows, cols = weight.shape
     out = torch.empty((g, rows, cols), dtype=weight.dtype, device=weight.device)
@@ -104,9 +120,10 @@ def fused_candidates(weight: torch.Tensor, scales: torch.Tensor, args: Any) -> t
     on_device = torch.cuda.device(weight.device) if weight.is_cuda else contextlib.nullcontext()
     with on_device:
         _candidates_kernel[grid](
-            weight, scales, out, rows, cols, q_min, q_max, divisor, eps,
+            weight, scales, inverse, out, rows, cols, q_min, q_max, divisor, eps,
             GROUP=args.group_size, BLOCK=BLOCK_ROWS, SYMMETRIC=bool(args.symmetric),
             DTYPE=_TL_DTYPES[weight.dtype], KIND=_KINDS[weight.dtype], S64=scales.dtype == torch.float64,
+            NEAR=NEAR_TIE, RECIPROCAL=reciprocal,
         )
     return out
 
@@ -138,11 +155,30 @@ if HAS_TRITON:
         return tl.where(tie & odd, r - 1.0, r)
 
     @triton.jit
+    def _near_tie(r, NEAR: tl.constexpr):
+        """Whether float64 ``r``, within a few of its own ulps of a quotient, might round to float32
+        otherwise than that quotient: its 29 bits below float32's precision lie within ``NEAR`` of
+        one half (a float32 rounding boundary), or it is outside float32's normal range and not 0."""
+        bits = r.to(tl.int64, bitcast=True)
+        exponent = (bits >> 52) & 0x7FF
+        below = (bits & 0x1FFFFFFF) - 0x10000000
+        unusual = (exponent < 1023 - 126) | (exponent > 1023 + 127)
+        return tl.where(unusual, r != 0.0, (below <= NEAR) & (below >= -NEAR))
+
+    @triton.jit
     def _candidates_kernel(
-        w_ptr, s_ptr, out_ptr, rows, cols, q_min, q_max, divisor, eps,
+        w_ptr, s_ptr, inv_ptr, out_ptr, rows, cols, q_min, q_max, divisor, eps,
         GROUP: tl.constexpr, BLOCK: tl.constexpr, SYMMETRIC: tl.constexpr, DTYPE: tl.constexpr, KIND: tl.constexpr, S64: tl.constexpr,
+        NEAR: tl.constexpr, RECIPROCAL: tl.constexpr,
     ):
-        """One program: BLOCK rows of one weight group, for one grid point (axis 2)."""
+        """One program: BLOCK rows of one weight group, for one grid point (axis 2).
+
+        With ``RECIPROCAL``, the last division (``/ s``) is a float64 multiplication by the scales'
+        float64 reciprocals, rounded to float32. That product lies within 2**-51 of the quotient
+        (relatively: under four of its ulps), so it rounds to float32 as the quotient does unless it lies
+        next to a float32 rounding boundary (:func:`_near_tie`: about one element in four million);
+        a tile with any such element divides for real. The float64 division was half the kernel's
+        time on the H200 (bench/gpu_kernel_probe.py)."""
         row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         col = tl.program_id(1) * GROUP + tl.arange(0, GROUP)
         point = tl.program_id(2)
@@ -174,10 +210,18 @@ if HAS_TRITON:
         q = _rnd(tl.div_rn(v, scale[:, None]), KIND)
         q = _rnd(q + zero[:, None], KIND)
         q = _rint(tl.minimum(tl.maximum(q, q_min), q_max))
-        q = _rnd(q - zero[:, None], KIND)
+        q = q - zero[:, None]  # integers of magnitude 255 at most: exact in any dtype
         q = _rnd(q * scale[:, None], KIND)
-        # 5. / s in the scales' dtype, back to the weight's dtype
-        if S64:
+        # 5. / s in the scales' dtype, back to the weight's dtype (float64 goes through float32)
+        if RECIPROCAL:
+            wide = q.to(tl.float64) * tl.load(inv_ptr + point * cols + col)[None, :]
+            c = wide.to(tl.float32)
+            if tl.max(_near_tie(wide, NEAR).to(tl.int32)) > 0:
+                if S64:
+                    c = (q.to(tl.float64) / s[None, :]).to(tl.float32)
+                else:
+                    c = tl.div_rn(q, s[None, :])
+        elif S64:
             c = (q.to(tl.float64) / s[None, :]).to(tl.float32)
         else:
             c = tl.div_rn(q, s[None, :])
