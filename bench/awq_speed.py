@@ -35,6 +35,9 @@ windows from bench/corpus.py) and batch size for every variant:
   outputs computed again, as stock does, instead of kept from the calibration pass where that gives
   the same values (``qwodel_nb/engine/awq_references.py``), to measure what keeping them gains.
   The values are the same.
+* ``fast-model-eager`` (only when asked for, GPU cases): ``fast`` with the exact passes' attention
+  run by the model's own eager function instead of eager attention with its softmax in one pass
+  (``qwodel_nb/engine/lean_attention.py``), to measure what that gains. The values are the same.
 * ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
   made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
   in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The
@@ -102,7 +105,7 @@ CASES = {
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
             "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
-            "fast-copying-candidates", "fast-computed-references")
+            "fast-copying-candidates", "fast-computed-references", "fast-model-eager")
 #: fast without one of its measures, each the same values (variant, summary keys of its speed-up
 #: and of its agreement with fast, the measure, what the variant does instead)
 SAME_VALUE_VARIANTS = (
@@ -112,6 +115,8 @@ SAME_VALUE_VARIANTS = (
      "Candidates in place on a CPU", "a fresh tensor per step"),
     ("fast-computed-references", "speedup_kept_references_awq", "agreement_computed_references",
      "Reference outputs from the calibration pass", "them computed again"),
+    ("fast-model-eager", "speedup_lean_attention_awq", "agreement_model_eager",
+     "Eager attention's softmax in one pass", "the model's own eager attention"),
     ("fast-stock-passes", "speedup_fast_passes_awq", "agreement_stock_passes",
      "Calibration hooks and the weight pass over all layers at once", "llm-compressor's own"),
 )
@@ -362,7 +367,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qwodel_nb.engine import awq_capture, awq_references, awq_search
+    from qwodel_nb.engine import awq_capture, awq_references, awq_search, lean_attention
     from qwodel_nb.engine.awq import build_recipe, run_oneshot
     from qwodel_nb.engine.awq_capture import AWQModifier
     from qwodel_nb.engine.evaluate import windows_perplexity
@@ -406,6 +411,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_capture.FAST_HOOKS = variant != "fast-stock-passes"
     awq_search.CPU_IN_PLACE = variant not in ("fast-whole-candidates", "fast-copying-candidates")
     awq_references.ENABLED = variant != "fast-computed-references"
+    lean_attention.ENABLED = variant != "fast-model-eager"
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -421,6 +427,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = pieces
         awq_search.CPU_IN_PLACE = True
         awq_references.ENABLED = True
+        lean_attention.ENABLED = True
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -579,7 +586,7 @@ def markdown(s: dict) -> str:
              "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
              "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
              "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates",
-             "fast-computed-references": "fast, computed references"}
+             "fast-computed-references": "fast, computed references", "fast-model-eager": "fast, model's eager attention"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"

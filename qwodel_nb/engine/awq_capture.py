@@ -32,7 +32,7 @@ import torch
 from llmcompressor.modifiers.transform.awq import AWQModifier as _StockAWQModifier
 from pydantic import PrivateAttr
 
-from . import awq_references
+from . import awq_references, lean_attention
 from .activation_sums import BatchSums
 from .awq_clip import CLIP_MODES, ClipResult, GramAccumulator, search_clip
 from .awq_clip import supports as clip_supports
@@ -152,6 +152,9 @@ class AWQModifier(_StockAWQModifier):
             "screened_points_confirmed": sum(c for c, _ in self._qw_screened),
             "screened_points": sum(n for _, n in self._qw_screened),
             "stock_fallbacks": [dict(f) for f in self._qw_fallbacks],
+            # eager attention's softmax in one pass: per kind of attention module, device and dtype,
+            # whether it gave the model's own outputs (engine/lean_attention.py; this process's checks)
+            "lean_attention": lean_attention.verdicts(),
             # mappings whose reference outputs were the calibration pass's (engine/awq_references.py)
             "references_kept": self._qw_references.kept if self._qw_references is not None else 0,
             "clip": self._qw_clip,

@@ -84,12 +84,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import cpu_candidates
+from . import cpu_candidates, lean_attention
 from .awq_screening import confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
 from .batch_arguments import map_batch, rows_and_tokens
 from .ranks import agree_all, agree_min, agree_sum, all_reduce, is_distributed
 from .resident import direct_access
-from .search_attention import PASS_ROW_UNITS, FusedAttention, plan, references_agree, to_confirm
+from .search_attention import PASS_ROW_UNITS, FusedAttention, attention_modules, plan, references_agree, to_confirm
 
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
 FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
@@ -839,6 +839,8 @@ class _Passes:
         self.scales, self.device, self.cap_tokens = scales, device, cap_tokens
         self.q_max = points_quantized_together(scales.shape[0], per_point, device, fused=fused)
         self._kept: tuple[list[int], dict] = ([], {})
+        # the exact passes' eager attention with its softmax in one pass, where that is eager's (engine/lean_attention.py)
+        self.lean = lean_attention.plan(attention_modules(parent), device)
 
     def _candidates(self, span: list[int]) -> dict[torch.nn.Module, torch.Tensor]:
         kept_points, kept = self._kept
@@ -866,7 +868,10 @@ class _Passes:
         """Per chunk of ``g_max`` grid points and calibration batch: ``(start, g, b, outputs)``, the
         parent's outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference],
         under fused ``attention`` if given."""
-        active = attention.active if attention is not None else contextlib.nullcontext
+        if attention is not None:
+            active = attention.active
+        else:
+            active = self.lean.active if self.lean is not None else contextlib.nullcontext
         n = len(points)
         quantized_from, candidates = -1, {}
         for start in range(0, n, g_max):

@@ -68,7 +68,8 @@ def _uses_interface(cls: type) -> bool:
         return False
 
 
-def _attention_modules(parent: torch.nn.Module) -> list[torch.nn.Module]:
+def attention_modules(parent: torch.nn.Module) -> list[torch.nn.Module]:
+    """The attention modules inside ``parent`` whose implementation the config decides."""
     return [m for m in parent.modules() if hasattr(m, "config") and _uses_interface(type(m))]
 
 
@@ -114,7 +115,7 @@ def plan(parent: torch.nn.Module, batches: list[dict[str, Any]]) -> FusedAttenti
     """Fused attention for this parent's passes, or None where it would not compute eager's
     attention: no attention module that takes its implementation from the config, an option
     scaled_dot_product_attention leaves out, or a cached mask other than the plain causal one."""
-    modules = _attention_modules(parent)
+    modules = attention_modules(parent)
     if not modules or not batches:
         return None
     if any(getattr(m, name, None) is not None or getattr(m.config, name, None) is not None
