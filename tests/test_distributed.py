@@ -243,7 +243,12 @@ def test_worker_user_error_comes_back_as_is(tiny_llama, calibration_texts, tmp_p
     assert os.listdir(tmp_path) == []
 
 
-def test_cancel_stops_every_process_and_writes_nothing(tiny_llama, calibration_texts, tmp_path, gloo):
+def test_cancel_stops_every_process_and_writes_nothing(tiny_llama, calibration_texts, tmp_path, gloo, monkeypatch):
+    """The workers are held at the second layer's search (engine/test_points.py), so the cancel
+    set at the first grid point reaches the parent while they still run, however fast the run."""
+    from qwodel_nb.engine.test_points import LAYER_POINT, PAUSE_ENV
+
+    monkeypatch.setenv(PAUSE_ENV, LAYER_POINT.format(index=1))
     cancel = threading.Event()
     plan = _plan(tiny_llama, tmp_path / "out", calibration_texts, gpus=2)
     from qwodel_nb.engine.run import execute
@@ -255,3 +260,21 @@ def test_cancel_stops_every_process_and_writes_nothing(tiny_llama, calibration_t
     with pytest.raises(RunCancelled):
         execute(plan, [on_event], cancel=cancel)
     assert os.listdir(tmp_path) == []  # no output folder, no staging folder
+
+
+def test_a_cancel_after_the_output_is_in_place_is_ignored(tiny_llama, calibration_texts, tmp_path, gloo):
+    """As in one process: rank 0 tells the parent the moment its output is in place, and a cancel
+    that comes after (here: on the relayed RunFinished, which follows the move) stops nothing; the
+    parent does not claim that nothing was written while the folder is there."""
+    cancel = threading.Event()
+    plan = _plan(tiny_llama, tmp_path / "out", calibration_texts, gpus=2)
+    from qwodel_nb.engine.run import execute
+
+    def on_event(event):
+        if isinstance(event, progress.RunFinished):
+            cancel.set()
+
+    result = execute(plan, [on_event], cancel=cancel)
+    assert cancel.is_set()
+    assert result.output_path == str(tmp_path / "out")
+    assert os.listdir(tmp_path) == ["out"] and (tmp_path / "out" / "config.json").is_file()

@@ -41,6 +41,8 @@ from .ranks import BACKEND_ENV, requested_backend
 PLAN_NAME = "plan.pkl"
 EVENTS_NAME = "events.jsonl"
 RESULT_NAME = "result.pkl"
+#: written by rank 0 the moment the output folder is in place: its path
+PUBLISHED_NAME = "published"
 TOKEN_SOURCE_ENV = "QWODEL_TOKEN_SOURCE"
 #: the GPU hosts require NVLink multicast off (NCCL NVLS, torch symmetric memory, NVSHMEM)
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -181,6 +183,15 @@ def read_error(workdir: str) -> dict | None:
     return min(reports, key=lambda r: (priority.get(r.get("kind"), 5), r.get("rank", 0)))
 
 
+def published(workdir: str) -> str | None:
+    """The output folder rank 0 has moved into place, if it has (``PUBLISHED_NAME``)."""
+    try:
+        with open(os.path.join(workdir, PUBLISHED_NAME), encoding="utf-8") as fh:
+            return fh.read() or None
+    except OSError:
+        return None
+
+
 def _stop(proc: subprocess.Popen, workdir: str) -> None:
     """SIGTERM torchrun's session (it stops its workers, which clean up), then SIGKILL what is left."""
     if proc.poll() is None:
@@ -224,6 +235,9 @@ def launch(plan: Any, emitter: Emitter, job: Job) -> Any:
         while True:
             relay.pump()
             if emitter.cancel is not None and emitter.cancel.is_set():
+                if published(workdir):  # as in one process: a cancel after the output is in place is ignored
+                    emitter.cancel = None
+                    continue
                 _stop(proc, workdir)
                 raise RunCancelled("The run was cancelled; nothing was written.")
             if proc.poll() is not None:
@@ -246,7 +260,9 @@ def launch(plan: Any, emitter: Emitter, job: Job) -> Any:
     except BaseException as exc:
         if proc is not None:
             _stop(proc, workdir)
-        written = (read_error(workdir) or {}).get("output_path") if isinstance(exc, (KeyboardInterrupt, RunCancelled)) else None
+        written = None
+        if isinstance(exc, (KeyboardInterrupt, RunCancelled)):
+            written = published(workdir) or (read_error(workdir) or {}).get("output_path")
         if written and not isinstance(exc, InterruptedAfterOutput):  # stopped after rank 0 had published it
             raise InterruptedAfterOutput(written) from None
         raise

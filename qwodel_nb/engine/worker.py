@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Any
 
-from .distributed import EVENTS_NAME, PLAN_NAME, RESULT_NAME, TOKEN_SOURCE_ENV, Job, event_to_json, write_private
+from .distributed import EVENTS_NAME, PLAN_NAME, PUBLISHED_NAME, RESULT_NAME, TOKEN_SOURCE_ENV, Job, event_to_json, write_private
 
 
 class EventWriter:
@@ -90,6 +90,17 @@ def error_report(exc: BaseException, rank: int, attempt: Any, token: Any) -> dic
     return report
 
 
+def _telling_parent(published: Any, workdir: str) -> Any:
+    """``_Attempt.published`` that also writes the output's path to ``PUBLISHED_NAME`` in ``workdir``
+    (called while interrupts are held, right after the move)."""
+
+    def tell(path: str) -> None:
+        published(path)
+        write_private(os.path.join(workdir, PUBLISHED_NAME), path.encode())
+
+    return tell
+
+
 def _sigterm(signum, frame):  # torchrun stops workers with SIGTERM: clean up like Ctrl-C
     raise KeyboardInterrupt
 
@@ -123,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             writer = EventWriter(os.path.join(workdir, EVENTS_NAME))
         emitter = Emitter([writer] if writer else [])
         attempt = _Attempt(job.attempt, rank, backend)
+        if rank == 0:  # the parent learns the moment the output is in place (a later cancel cannot undo it)
+            attempt.published = _telling_parent(attempt.published, workdir)
         result = _attempt(plan, emitter, attempt, list(job.steps), {})
         if rank == 0:
             write_private(os.path.join(workdir, RESULT_NAME + ".tmp"), pickle.dumps(result))
