@@ -12,7 +12,7 @@ Llama-3-8B shape those three passes were about 8% of the fast search's GPU kerne
 in place here: the same roundings, without a new matrix for each.
 
 :func:`lean_eager_attention` is registered with transformers as the attention implementation
-``NAME``; :class:`LeanEager` switches a parent's attention modules to it for a pass. Nothing is
+``NAME``; :func:`plan` gives the switch of a parent's attention modules to it for a pass. Nothing is
 assumed of a model: the first call for a kind of attention module, device and dtype also runs the
 model's own eager function on the same inputs and compares the outputs bit for bit. Where they
 differ (another model's eager attention: soft-capping, sinks, another mask rule), that kind keeps
@@ -22,12 +22,12 @@ and devices other than CUDA GPUs always take the model's own function.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
+
+from .search_attention import AttentionSwitch, configs_of
 
 #: the implementation's name in transformers' attention interface
 NAME = "qwodel_lean_eager"
@@ -102,25 +102,7 @@ def _register() -> bool:
     return True
 
 
-@dataclass
-class LeanEager:
-    """Runs a parent's eager attention modules through :func:`lean_eager_attention`."""
-
-    configs: list[Any]
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        saved = [(config, config._attn_implementation) for config in self.configs]
-        try:
-            for config, _ in saved:
-                config._attn_implementation = NAME
-            yield
-        finally:
-            for config, previous in saved:
-                config._attn_implementation = previous
-
-
-def plan(modules: list[torch.nn.Module], device: torch.device) -> LeanEager | None:
+def plan(modules: list[torch.nn.Module], device: torch.device) -> AttentionSwitch | None:
     """The lean form for these attention modules (those that take their implementation from the
     config), or None: not enabled, not a device of ``DEVICES``, a module not under eager
     attention or without a modeling module's eager function, or no interface to register with."""
@@ -128,14 +110,11 @@ def plan(modules: list[torch.nn.Module], device: torch.device) -> LeanEager | No
         return None
     if any(m.config._attn_implementation != "eager" or _model_eager(m) is None for m in modules):
         return None
-    if not _registered and not _register():
-        return None
-    _registered.append(NAME)
-    configs: list[Any] = []
-    for module in modules:
-        if all(module.config is not c for c in configs):
-            configs.append(module.config)
-    return LeanEager(configs)
+    if not _registered:  # once per process
+        if not _register():
+            return None
+        _registered.append(NAME)
+    return AttentionSwitch(configs_of(modules), NAME)
 
 
 _registered: list[str] = []  # NAME, once registered with transformers

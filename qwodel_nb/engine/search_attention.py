@@ -89,26 +89,43 @@ def _causal(mask: Any, tokens: int) -> bool:
 
 
 @dataclass
-class FusedAttention:
-    """Runs a parent's attention modules through ``scaled_dot_product_attention`` with ``is_causal``."""
+class AttentionSwitch:
+    """Sets the attention implementation of some modules' configs for the duration of a pass."""
 
     configs: list[Any]
-
-    @staticmethod
-    def arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-        """The cached arguments without the mask tensor (the fused kernel makes it causal itself)."""
-        return {**arguments, "attention_mask": None}
+    implementation: str
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         saved = [(config, config._attn_implementation) for config in self.configs]
         try:
             for config, _ in saved:
-                config._attn_implementation = "sdpa"
+                config._attn_implementation = self.implementation
             yield
         finally:
             for config, previous in saved:
                 config._attn_implementation = previous
+
+
+def configs_of(modules: list[torch.nn.Module]) -> list[Any]:
+    """The modules' configs, each once (modules of one model share theirs)."""
+    configs: list[Any] = []
+    for module in modules:
+        if all(module.config is not c for c in configs):
+            configs.append(module.config)
+    return configs
+
+
+@dataclass
+class FusedAttention(AttentionSwitch):
+    """Runs a parent's attention modules through ``scaled_dot_product_attention`` with ``is_causal``."""
+
+    implementation: str = "sdpa"
+
+    @staticmethod
+    def arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+        """The cached arguments without the mask tensor (the fused kernel makes it causal itself)."""
+        return {**arguments, "attention_mask": None}
 
 
 def plan(parent: torch.nn.Module, batches: list[dict[str, Any]]) -> FusedAttention | None:
@@ -125,11 +142,7 @@ def plan(parent: torch.nn.Module, batches: list[dict[str, Any]]) -> FusedAttenti
         first = next(iter(arguments.values()))
         if not isinstance(first, torch.Tensor) or first.dim() != 3 or not _causal(arguments.get("attention_mask"), first.shape[1]):
             return None
-    configs: list[Any] = []
-    for module in modules:
-        if all(module.config is not c for c in configs):
-            configs.append(module.config)
-    return FusedAttention(configs)
+    return FusedAttention(configs_of(modules))
 
 
 def relative_difference(fused: list[torch.Tensor], eager: list[torch.Tensor]) -> float:
