@@ -116,3 +116,34 @@ def test_a_whole_run_with_the_lean_form_is_the_same_bit_for_bit(tiny_llama, cali
     eager_state = eager_model.state_dict()
     for name, tensor in lean_model.state_dict().items():
         assert torch.equal(tensor, eager_state[name]), name
+
+
+def test_a_mask_that_cannot_be_added_in_place_takes_the_models_function(llama_layer):
+    """A mask wider than the scores (as older transformers passed it, sliced by the eager function)
+    cannot be added in place: no check, no verdict, the model's own function."""
+    from qwodel_nb.engine.lean_attention import _broadcasts_into
+
+    assert _broadcasts_into((2, 1, 16, 16), (2, 4, 16, 16))
+    assert not _broadcasts_into((2, 1, 16, 20), (2, 4, 16, 16))
+    assert not _broadcasts_into((3, 1, 16, 16), (2, 4, 16, 16))
+    layer, arguments = llama_layer
+    half = dict(arguments, attention_mask=arguments["attention_mask"].half())  # another dtype than the scores'
+    eager = _output(layer, half)
+    lean = lean_attention.plan(attention_modules(layer), torch.device("cpu"))
+    with torch.no_grad(), lean.active():
+        assert torch.equal(_output(layer, half), eager)
+    assert lean_attention.verdicts() == {}
+
+
+def test_a_form_that_fails_is_dropped_for_its_kind(llama_layer, monkeypatch):
+    layer, arguments = llama_layer
+    eager = _output(layer, arguments)
+
+    def fails(*_):
+        raise RuntimeError("shapes that this form does not handle")
+
+    monkeypatch.setattr(lean_attention, "_lean", fails)
+    lean = lean_attention.plan(attention_modules(layer), torch.device("cpu"))
+    with torch.no_grad(), lean.active():
+        assert torch.equal(_output(layer, arguments), eager)
+    assert lean_attention.verdicts() == {"LlamaAttention cpu float32": False}

@@ -77,7 +77,8 @@ def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     if eager is None:
         raise RuntimeError(f"{type(module).__name__}: no eager attention function to follow")
     rows = key.shape[-2]
-    mask_fits = attention_mask is None or (attention_mask.dtype == query.dtype and attention_mask.shape[-1] == rows)
+    mask_fits = attention_mask is None or (attention_mask.dtype == query.dtype
+                                           and _broadcasts_into(attention_mask.shape, (*query.shape[:-1], rows)))
     if (module.training or query.device.type not in DEVICES or rows > MAX_ROW or not mask_fits
             or query.dtype not in (torch.bfloat16, torch.float16, torch.float32)):
         return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
@@ -85,12 +86,26 @@ def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     verdict = _VERDICTS.get(verdict_key)
     if verdict is False:
         return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    lean = _lean(module, query, key, value, attention_mask, scaling)
+    try:
+        lean = _lean(module, query, key, value, attention_mask, scaling)
+    except torch.cuda.OutOfMemoryError:
+        raise  # the run's back-off handles it
+    except RuntimeError:  # a module this form does not fit (its shapes, say): its own function from now on
+        _VERDICTS[verdict_key] = False
+        return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if verdict is None:  # once per kind, device and dtype: the model's own function on the same inputs
         expected = eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
         _VERDICTS[verdict_key] = bool(lean[0].shape == expected[0].shape and torch.equal(lean[0], expected[0]))
         return expected
     return lean
+
+
+def _broadcasts_into(shape: Any, target: tuple) -> bool:
+    """Whether a tensor of ``shape`` can be added in place to one of ``target``."""
+    try:
+        return torch.broadcast_shapes(tuple(shape), target) == tuple(target)
+    except RuntimeError:
+        return False
 
 
 def _register() -> bool:
