@@ -2,10 +2,10 @@
 
     python3 bench/gpu_kernel_probe.py [--out FILE]
 
-A probe, not the product: a copy of ``engine/fused_candidates.py``'s kernel in which the float64
-product ``W * s`` and the float64 division ``/ s`` can each be replaced (``MUL``/``DIV``: 0 float64
-as the product does, 1 float64 multiplication by the reciprocal, 2 float32), so the variants other
-than (0, 0) do not give the product's values; each variant's time and its mismatches against the
+A probe, not the product: ``engine/fused_candidates.py``'s kernel around its quantization steps
+(which it calls), with the float64 product ``W * s`` and the float64 division ``/ s`` each
+replaceable (``MUL``/``DIV``: 0 float64 as the product does, 1 float64 multiplication by the
+reciprocal, 2 float32), so the variants other than (0, 0) do not give the product's values; each variant's time and its mismatches against the
 product's kernel are printed, on the Llama-3-8B gate/up shape (14336 x 4096), 20 grid points,
 bf16 weights, float64 scales, groups of 64.
 """
@@ -47,20 +47,9 @@ def _probe_kernel(w_ptr, s_ptr, inv_ptr, out_ptr, rows, cols, q_min, q_max, divi
     else:
         v = w.to(tl.float32) * s.to(tl.float32)[None, :]
     v = fc._rnd(v, 1)
-    lo = tl.minimum(tl.min(v, axis=1), 0.0)
-    hi = tl.maximum(tl.max(v, axis=1), 0.0)
-    scale = fc._rnd(tl.div_rn(fc._rnd(hi - lo, 1), divisor), 1)
-    zero = fc._rnd(q_min - fc._rnd(tl.div_rn(lo, scale), 1), 1)
-    zero = tl.minimum(tl.maximum(zero, q_min), q_max)
-    zero = tl.where(scale == 0.0, 0.0, fc._rint(zero))
-    scale = tl.where(scale == 0.0, eps, scale)
-    q = fc._rnd(tl.div_rn(v, scale[:, None]), 1)
-    q = fc._rnd(q + zero[:, None], 1)
-    q = fc._rint(tl.minimum(tl.maximum(q, q_min), q_max))
-    q = fc._rnd(q - zero[:, None], 1)
-    q = fc._rnd(q * scale[:, None], 1)
+    q = fc._fake_quantized(v, q_min, q_max, divisor, eps, False, 1)  # the product kernel's steps 2 to 4
     if DIV == 0:
-        c = (q.to(tl.float64) / s[None, :]).to(tl.float32)
+        c = fc._quotient(q, s, True)
     elif DIV == 1:
         inv = tl.load(inv_ptr + point * cols + col)
         c = (q.to(tl.float64) * inv[None, :]).to(tl.float32)

@@ -192,6 +192,22 @@ if HAS_TRITON:
         else:
             v = w.to(tl.float32) * s[None, :]
         v = _rnd(v, KIND)
+        q = _fake_quantized(v, q_min, q_max, divisor, eps, SYMMETRIC, KIND)  # 2. to 4.
+        # 5. / s in the scales' dtype, back to the weight's dtype (float64 goes through float32)
+        if RECIPROCAL:
+            wide = q.to(tl.float64) * tl.load(inv_ptr + point * cols + col)[None, :]
+            c = wide.to(tl.float32)
+            if tl.max(_near_tie(wide, NEAR).to(tl.int32)) > 0:
+                c = _quotient(q, s, S64)
+        else:
+            c = _quotient(q, s, S64)
+        plane = rows.to(tl.int64) * cols
+        tl.store(out_ptr + point * plane + offsets, _rnd(c, KIND).to(DTYPE), mask=inside[:, None])
+
+    @triton.jit
+    def _fake_quantized(v, q_min, q_max, divisor, eps, SYMMETRIC: tl.constexpr, KIND: tl.constexpr):
+        """Steps 2 to 4 of the module docstring on a tile ``v`` of ``W * s`` (rows x one group):
+        the group's range, ``calculate_qparams`` and ``fake_quantize``, each step rounded."""
         # 2. the group's range, widened to include 0 (exact in any dtype)
         lo = tl.minimum(tl.min(v, axis=1), 0.0)
         hi = tl.maximum(tl.max(v, axis=1), 0.0)
@@ -211,21 +227,14 @@ if HAS_TRITON:
         q = _rnd(q + zero[:, None], KIND)
         q = _rint(tl.minimum(tl.maximum(q, q_min), q_max))
         q = q - zero[:, None]  # integers of magnitude 255 at most: exact in any dtype
-        q = _rnd(q * scale[:, None], KIND)
-        # 5. / s in the scales' dtype, back to the weight's dtype (float64 goes through float32)
-        if RECIPROCAL:
-            wide = q.to(tl.float64) * tl.load(inv_ptr + point * cols + col)[None, :]
-            c = wide.to(tl.float32)
-            if tl.max(_near_tie(wide, NEAR).to(tl.int32)) > 0:
-                if S64:
-                    c = (q.to(tl.float64) / s[None, :]).to(tl.float32)
-                else:
-                    c = tl.div_rn(q, s[None, :])
-        elif S64:
-            c = (q.to(tl.float64) / s[None, :]).to(tl.float32)
+        return _rnd(q * scale[:, None], KIND)
+
+    @triton.jit
+    def _quotient(q, s, S64: tl.constexpr):
+        """``q / s`` (``s`` one scale per column), divided in the scales' dtype, as float32."""
+        if S64:
+            return (q.to(tl.float64) / s[None, :]).to(tl.float32)
         else:
-            c = tl.div_rn(q, s[None, :])
-        plane = rows.to(tl.int64) * cols
-        tl.store(out_ptr + point * plane + offsets, _rnd(c, KIND).to(DTYPE), mask=inside[:, None])
+            return tl.div_rn(q, s[None, :])
 else:  # pragma: no cover - depends on the PyTorch build
     _TL_DTYPES, _KINDS = {}, {}
