@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from qwodel_nb.engine import lean_attention
-from qwodel_nb.engine.search_attention import attention_modules
 
 
 @pytest.fixture
@@ -50,7 +49,7 @@ def _output(layer, arguments):
 def test_the_lean_form_is_checked_once_then_used(llama_layer, monkeypatch):
     layer, arguments = llama_layer
     eager = _output(layer, arguments)
-    lean = lean_attention.plan(attention_modules(layer), torch.device("cpu"))
+    lean = lean_attention.plan(layer, torch.device("cpu"))
     assert lean is not None and len(lean.configs) == 1
     calls = []
     real = lean_attention._lean
@@ -76,7 +75,7 @@ def test_a_form_that_differs_is_dropped_for_its_kind(llama_layer, monkeypatch):
         return output * (1 + 2.0**-10), weights
 
     monkeypatch.setattr(lean_attention, "_lean", off_by_a_little)
-    lean = lean_attention.plan(attention_modules(layer), torch.device("cpu"))
+    lean = lean_attention.plan(layer, torch.device("cpu"))
     with torch.no_grad(), lean.active():
         outputs = [_output(layer, arguments) for _ in range(3)]
     assert lean_attention.verdicts() == {"LlamaAttention cpu float32": False}
@@ -85,17 +84,16 @@ def test_a_form_that_differs_is_dropped_for_its_kind(llama_layer, monkeypatch):
 
 def test_where_it_does_not_apply(llama_layer, monkeypatch):
     layer, arguments = llama_layer
-    modules = attention_modules(layer)
-    assert lean_attention.plan(modules, torch.device("meta")) is None  # not a device of DEVICES
+    assert lean_attention.plan(layer, torch.device("meta")) is None  # not a device of DEVICES
     monkeypatch.setattr(lean_attention, "ENABLED", False)
-    assert lean_attention.plan(modules, torch.device("cpu")) is None
+    assert lean_attention.plan(layer, torch.device("cpu")) is None
     monkeypatch.setattr(lean_attention, "ENABLED", True)
     layer.self_attn.config._attn_implementation = "sdpa"  # only eager attention is replaced
-    assert lean_attention.plan(modules, torch.device("cpu")) is None
+    assert lean_attention.plan(layer, torch.device("cpu")) is None
     layer.self_attn.config._attn_implementation = "eager"
     # rows longer than MAX_ROW, or training, take the model's function without a check
     monkeypatch.setattr(lean_attention, "MAX_ROW", 8)
-    lean = lean_attention.plan(modules, torch.device("cpu"))
+    lean = lean_attention.plan(layer, torch.device("cpu"))
     with torch.no_grad(), lean.active():
         _output(layer, arguments)
     assert lean_attention.verdicts() == {}
@@ -129,7 +127,7 @@ def test_a_mask_that_cannot_be_added_in_place_takes_the_models_function(llama_la
     layer, arguments = llama_layer
     half = dict(arguments, attention_mask=arguments["attention_mask"].half())  # another dtype than the scores'
     eager = _output(layer, half)
-    lean = lean_attention.plan(attention_modules(layer), torch.device("cpu"))
+    lean = lean_attention.plan(layer, torch.device("cpu"))
     with torch.no_grad(), lean.active():
         assert torch.equal(_output(layer, half), eager)
     assert lean_attention.verdicts() == {}
@@ -143,7 +141,7 @@ def test_a_form_that_fails_is_dropped_for_its_kind(llama_layer, monkeypatch):
         raise RuntimeError("shapes that this form does not handle")
 
     monkeypatch.setattr(lean_attention, "_lean", fails)
-    lean = lean_attention.plan(attention_modules(layer), torch.device("cpu"))
+    lean = lean_attention.plan(layer, torch.device("cpu"))
     with torch.no_grad(), lean.active():
         assert torch.equal(_output(layer, arguments), eager)
     assert lean_attention.verdicts() == {"LlamaAttention cpu float32": False}

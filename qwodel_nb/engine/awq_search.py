@@ -89,7 +89,7 @@ from .awq_screening import confirm, cut_arguments, estimated_losses, screening_c
 from .batch_arguments import map_batch, rows_and_tokens
 from .ranks import agree_all, agree_min, agree_sum, all_reduce, is_distributed
 from .resident import direct_access
-from .search_attention import PASS_ROW_UNITS, FusedAttention, attention_modules, plan, references_agree, to_confirm
+from .search_attention import PASS_ROW_UNITS, FusedAttention, plan, references_agree, to_confirm
 
 #: tokens a grid-batched pass may hold when the calibration batches are smaller than this
 FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
@@ -840,7 +840,7 @@ class _Passes:
         self.q_max = points_quantized_together(scales.shape[0], per_point, device, fused=fused)
         self._kept: tuple[list[int], dict] = ([], {})
         # the exact passes' eager attention with its softmax in one pass, where that is eager's (engine/lean_attention.py)
-        self.lean = lean_attention.plan(attention_modules(parent), device)
+        self.lean = lean_attention.plan(parent, device)
 
     def _candidates(self, span: list[int]) -> dict[torch.nn.Module, torch.Tensor]:
         kept_points, kept = self._kept

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from .search_attention import AttentionSwitch, configs_of
+from .search_attention import AttentionSwitch, attention_modules, configs_of
 
 #: the implementation's name in transformers' attention interface
 NAME = "qwodel_lean_eager"
@@ -47,9 +47,10 @@ def verdicts() -> dict[str, bool]:
     return {f"{cls.__name__} {device} {str(dtype).removeprefix('torch.')}": ok for (cls, device, dtype), ok in _VERDICTS.items()}
 
 
-def _model_eager(module: torch.nn.Module) -> Callable | None:
-    """The modeling module's own ``eager_attention_forward``, which ``"eager"`` runs."""
-    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+def _model_function(module: torch.nn.Module, name: str) -> Callable | None:
+    """A function of the module's modeling file (``eager_attention_forward``, which ``"eager"``
+    runs; ``repeat_kv``)."""
+    return getattr(sys.modules.get(type(module).__module__), name, None)
 
 
 def _lean(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -57,10 +58,11 @@ def _lean(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value
     """Llama's eager attention (``modeling_llama.eager_attention_forward``) with the scaling and the
     mask applied in place and the softmax computed from and into the scores' dtype."""
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups != 1:  # repeat_kv: each key/value head serves ``groups`` query heads
-        b, heads, t, d = key.shape
-        key = key[:, :, None].expand(b, heads, groups, t, d).reshape(b, heads * groups, t, d)
-        value = value[:, :, None].expand(b, heads, groups, t, d).reshape(b, heads * groups, t, d)
+    if groups != 1:  # each key/value head serves ``groups`` query heads: the modeling file's own repeat
+        repeat = _model_function(module, "repeat_kv")
+        if repeat is None:
+            raise RuntimeError(f"{type(module).__name__}: no repeat_kv to share key/value heads")
+        key, value = repeat(key, groups), repeat(value, groups)
     weights = torch.matmul(query, key.transpose(2, 3)).mul_(scaling)
     if attention_mask is not None:
         weights.add_(attention_mask)
@@ -73,7 +75,7 @@ def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
                          attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
                          **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's eager attention, in fewer passes where that was found to give its outputs."""
-    eager = _model_eager(module)
+    eager = _model_function(module, "eager_attention_forward")
     if eager is None:
         raise RuntimeError(f"{type(module).__name__}: no eager attention function to follow")
     rows = key.shape[-2]
@@ -117,13 +119,18 @@ def _register() -> bool:
     return True
 
 
-def plan(modules: list[torch.nn.Module], device: torch.device) -> AttentionSwitch | None:
-    """The lean form for these attention modules (those that take their implementation from the
-    config), or None: not enabled, not a device of ``DEVICES``, a module not under eager
-    attention or without a modeling module's eager function, or no interface to register with."""
-    if not ENABLED or device.type not in DEVICES or not modules:
+def plan(parent: torch.nn.Module, device: torch.device) -> AttentionSwitch | None:
+    """The lean form for the attention modules inside ``parent`` (those that take their
+    implementation from the config), or None: not enabled, not a device of ``DEVICES``, no such
+    module, one not under eager attention or without a modeling file's eager function, or no
+    interface to register with."""
+    if not ENABLED or device.type not in DEVICES:
         return None
-    if any(m.config._attn_implementation != "eager" or _model_eager(m) is None for m in modules):
+    modules = attention_modules(parent)
+    if not modules:
+        return None
+    if any(m.config._attn_implementation != "eager" or _model_function(m, "eager_attention_forward") is None
+           for m in modules):
         return None
     if not _registered:  # once per process
         if not _register():
