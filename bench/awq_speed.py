@@ -38,6 +38,10 @@ windows from bench/corpus.py) and batch size for every variant:
 * ``fast-model-eager`` (only when asked for, GPU cases): ``fast`` with the exact passes' attention
   run by the model's own eager function instead of eager attention with its softmax in one pass
   (``qwodel_nb/engine/lean_attention.py``), to measure what that gains. The values are the same.
+* ``fast-unfused-attention`` (only when asked for, GPU cases): ``fast`` with the exact passes'
+  lean attention computed with PyTorch's operators and the model's own rotary embedding, instead of
+  the fused kernels (``qwodel_nb/engine/fused_softmax.py``, ``qwodel_nb/engine/fused_rotary.py``),
+  to measure what those gain. The values are the same.
 * ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
   made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
   in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The
@@ -105,7 +109,7 @@ CASES = {
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
             "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
-            "fast-copying-candidates", "fast-computed-references", "fast-model-eager")
+            "fast-copying-candidates", "fast-computed-references", "fast-model-eager", "fast-unfused-attention")
 #: fast without one of its measures, each the same values (variant, summary keys of its speed-up
 #: and of its agreement with fast, the measure, what the variant does instead)
 SAME_VALUE_VARIANTS = (
@@ -117,6 +121,8 @@ SAME_VALUE_VARIANTS = (
      "Reference outputs from the calibration pass", "them computed again"),
     ("fast-model-eager", "speedup_lean_attention_awq", "agreement_model_eager",
      "Eager attention's softmax in one pass", "the model's own eager attention"),
+    ("fast-unfused-attention", "speedup_fused_attention_kernels_awq", "agreement_unfused_attention",
+     "Attention's rotary embedding, scaling, mask and softmax in fused kernels", "PyTorch's operators"),
     ("fast-stock-passes", "speedup_fast_passes_awq", "agreement_stock_passes",
      "Calibration hooks and the weight pass over all layers at once", "llm-compressor's own"),
 )
@@ -412,6 +418,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_search.CPU_IN_PLACE = variant not in ("fast-whole-candidates", "fast-copying-candidates")
     awq_references.ENABLED = variant != "fast-computed-references"
     lean_attention.ENABLED = variant != "fast-model-eager"
+    lean_attention.FUSED = variant != "fast-unfused-attention"
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -586,7 +593,8 @@ def markdown(s: dict) -> str:
              "fast-eager": "fast, eager attention", "fast-cpu-activations": "fast, layer inputs on the CPU",
              "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
              "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates",
-             "fast-computed-references": "fast, computed references", "fast-model-eager": "fast, model's eager attention"}
+             "fast-computed-references": "fast, computed references", "fast-model-eager": "fast, model's eager attention",
+             "fast-unfused-attention": "fast, unfused attention"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # quant_helpers.py: layers, wei
 
 from qwodel_nb.engine.awq_search import candidate_scales, torch_candidates  # noqa: E402
 from qwodel_nb.engine.fused_candidates import fused_candidates, supported  # noqa: E402
+from qwodel_nb.engine.triton_rounding import KINDS, TL_DTYPES  # noqa: E402
 from quant_helpers import degenerate_weight, quantized_linear, stock_candidate  # noqa: E402
 
 
@@ -85,7 +87,7 @@ def median_ms(fn, repeats: int = 5) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def timing() -> list[dict]:
@@ -137,8 +139,8 @@ def launch_shapes() -> list[dict]:
             def run():
                 fc._candidates_kernel[(triton.cdiv(14336, block), 4096 // 64, 20)](
                     weight, scales, inverse, out, 14336, 4096, q_min, q_max, divisor, eps,
-                    GROUP=64, BLOCK=block, SYMMETRIC=False, DTYPE=fc._TL_DTYPES[weight.dtype],
-                    KIND=fc._KINDS[weight.dtype], S64=True, NEAR=fc.NEAR_TIE, RECIPROCAL=fc.RECIPROCAL,
+                    GROUP=64, BLOCK=block, SYMMETRIC=False, DTYPE=TL_DTYPES[weight.dtype],
+                    KIND=KINDS[weight.dtype], S64=True, NEAR=fc.NEAR_TIE, RECIPROCAL=fc.RECIPROCAL,
                     num_warps=warps,
                 )
 

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from qwodel_nb.engine import fused_candidates as fc  # noqa: E402
+from qwodel_nb.engine.triton_rounding import rounded  # noqa: E402
 from gpu_fused_check import grid_scales, median_ms  # noqa: E402
 from quant_helpers import degenerate_weight, quantized_linear  # noqa: E402
 
@@ -46,7 +47,7 @@ def _probe_kernel(w_ptr, s_ptr, inv_ptr, out_ptr, rows, cols, q_min, q_max, divi
         v = (w.to(tl.float32).to(tl.float64) * s[None, :]).to(tl.float32)
     else:
         v = w.to(tl.float32) * s.to(tl.float32)[None, :]
-    v = fc._rnd(v, 1)
+    v = rounded(v, 1)
     q = fc._fake_quantized(v, q_min, q_max, divisor, eps, False, 1)  # the product kernel's steps 2 to 4
     if DIV == 0:
         c = fc._quotient(q, s, True)
@@ -56,7 +57,7 @@ def _probe_kernel(w_ptr, s_ptr, inv_ptr, out_ptr, rows, cols, q_min, q_max, divi
     else:
         c = tl.div_rn(q, s.to(tl.float32)[None, :])
     plane = rows.to(tl.int64) * cols
-    tl.store(out_ptr + point * plane + offsets, fc._rnd(c, 1).to(tl.bfloat16), mask=inside[:, None])
+    tl.store(out_ptr + point * plane + offsets, rounded(c, 1).to(tl.bfloat16), mask=inside[:, None])
 
 
 def main() -> None:

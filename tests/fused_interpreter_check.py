@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from qwodel_nb.engine import fused_candidates as fc
+from qwodel_nb.engine.triton_rounding import rounded
 from qwodel_nb.engine.awq_search import candidate_scales, torch_candidates
 from quant_helpers import degenerate_weight, quantized_linear  # tests/, this script's folder
 
@@ -21,8 +22,8 @@ def _helpers_kernel(x_ptr, bf16_ptr, fp16_ptr, rint_ptr, n, BLOCK: tl.constexpr)
     offsets = tl.arange(0, BLOCK)
     inside = offsets < n
     x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-    tl.store(bf16_ptr + offsets, fc._rnd(x, 1), mask=inside)
-    tl.store(fp16_ptr + offsets, fc._rnd(x, 2), mask=inside)
+    tl.store(bf16_ptr + offsets, rounded(x, 1), mask=inside)
+    tl.store(fp16_ptr + offsets, rounded(x, 2), mask=inside)
     tl.store(rint_ptr + offsets, fc._rint(x), mask=inside)
 
 

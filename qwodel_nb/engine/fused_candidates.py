@@ -40,13 +40,13 @@ from typing import Any
 
 import torch
 
-try:  # Triton comes with CUDA builds of PyTorch; CPU builds have none
+from .triton_rounding import FLOAT_DTYPES, HAS_TRITON, KINDS, TL_DTYPES
+
+if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - depends on the PyTorch build
-    HAS_TRITON = False
+    from .triton_rounding import rounded
 
 #: rows of one group handled by one program (a tile is BLOCK_ROWS x group size)
 BLOCK_ROWS = 16
@@ -59,7 +59,6 @@ RECIPROCAL = True
 #: to 5.0 ms (14336 x 4096, 20 points) and from 0.65 to 0.43 ms (1024 x 4096), while SmolLM2's,
 #: whose time is launches, got slower (0.16 to 0.24 ms at 1536 x 576; bench/RESULTS.md)
 RECIPROCAL_MIN_WEIGHTS = 1 << 21
-_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def supported(weight: torch.Tensor, scales: torch.Tensor, args: Any, stored_scale: Any, stored_zero: Any) -> bool:
@@ -73,7 +72,7 @@ def covered(weight: torch.Tensor, scales: torch.Tensor, args: Any, stored_scale:
     group size, up to 8 bits, scales stored in the weight's dtype and zero points in int8."""
     from compressed_tensors.quantization import QuantizationStrategy, QuantizationType
 
-    if weight.dim() != 2 or weight.dtype not in _FLOAT_DTYPES:
+    if weight.dim() != 2 or weight.dtype not in FLOAT_DTYPES:
         return False
     if scales.dtype not in (torch.float32, torch.float64) or scales.dim() != 2 or scales.shape[1] != weight.shape[1]:
         return False
@@ -122,30 +121,13 @@ def fused_candidates(weight: torch.Tensor, scales: torch.Tensor, args: Any, reci
         _candidates_kernel[grid](
             weight, scales, inverse, out, rows, cols, q_min, q_max, divisor, eps,
             GROUP=args.group_size, BLOCK=BLOCK_ROWS, SYMMETRIC=bool(args.symmetric),
-            DTYPE=_TL_DTYPES[weight.dtype], KIND=_KINDS[weight.dtype], S64=scales.dtype == torch.float64,
+            DTYPE=TL_DTYPES[weight.dtype], KIND=KINDS[weight.dtype], S64=scales.dtype == torch.float64,
             NEAR=NEAR_TIE, RECIPROCAL=reciprocal,
         )
     return out
 
 
 if HAS_TRITON:
-    _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
-    _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-
-    @triton.jit
-    def _rnd(x, KIND: tl.constexpr):
-        """Round a float32 value to the weight's dtype (KIND: 0 float32, 1 bf16, 2 fp16) and back:
-        one PyTorch operation's result. bf16 rounds to nearest even on the bits, as PyTorch's
-        ``c10::BFloat16`` does (and unlike Triton's interpreter, whose bf16 casts round ties up)."""
-        if KIND == 1:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & 0xFFFF0000
-            return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
-        elif KIND == 2:
-            return x.to(tl.float16).to(tl.float32)
-        else:
-            return x
-
     @triton.jit
     def _rint(x):
         """Round half to even, as ``torch.round``; exact for the clamped values it gets (|x| <= 128)."""
@@ -191,7 +173,7 @@ if HAS_TRITON:
             v = (w.to(tl.float32).to(tl.float64) * s[None, :]).to(tl.float32)
         else:
             v = w.to(tl.float32) * s[None, :]
-        v = _rnd(v, KIND)
+        v = rounded(v, KIND)
         q = _fake_quantized(v, q_min, q_max, divisor, eps, SYMMETRIC, KIND)  # 2. to 4.
         # 5. / s in the scales' dtype, back to the weight's dtype (float64 goes through float32)
         if RECIPROCAL:
@@ -202,7 +184,7 @@ if HAS_TRITON:
         else:
             c = _quotient(q, s, S64)
         plane = rows.to(tl.int64) * cols
-        tl.store(out_ptr + point * plane + offsets, _rnd(c, KIND).to(DTYPE), mask=inside[:, None])
+        tl.store(out_ptr + point * plane + offsets, rounded(c, KIND).to(DTYPE), mask=inside[:, None])
 
     @triton.jit
     def _fake_quantized(v, q_min, q_max, divisor, eps, SYMMETRIC: tl.constexpr, KIND: tl.constexpr):
@@ -213,21 +195,21 @@ if HAS_TRITON:
         hi = tl.maximum(tl.max(v, axis=1), 0.0)
         # 3. calculate_qparams in the weight's dtype
         if SYMMETRIC:
-            scale = _rnd(tl.div_rn(tl.maximum(tl.abs(lo), tl.abs(hi)), divisor), KIND)
+            scale = rounded(tl.div_rn(tl.maximum(tl.abs(lo), tl.abs(hi)), divisor), KIND)
             zero = tl.zeros_like(scale)
         else:
-            scale = _rnd(tl.div_rn(_rnd(hi - lo, KIND), divisor), KIND)
-            zero = _rnd(q_min - _rnd(tl.div_rn(lo, scale), KIND), KIND)
+            scale = rounded(tl.div_rn(rounded(hi - lo, KIND), divisor), KIND)
+            zero = rounded(q_min - rounded(tl.div_rn(lo, scale), KIND), KIND)
             zero = tl.minimum(tl.maximum(zero, q_min), q_max)
             # a zero range gives 0/0 = NaN, which PyTorch's int8 conversion makes 0
             zero = tl.where(scale == 0.0, 0.0, _rint(zero))
         scale = tl.where(scale == 0.0, eps, scale)
         # 4. fake_quantize: x / scale + zp, clamp, round, - zp, * scale; each step rounded
-        q = _rnd(tl.div_rn(v, scale[:, None]), KIND)
-        q = _rnd(q + zero[:, None], KIND)
+        q = rounded(tl.div_rn(v, scale[:, None]), KIND)
+        q = rounded(q + zero[:, None], KIND)
         q = _rint(tl.minimum(tl.maximum(q, q_min), q_max))
         q = q - zero[:, None]  # integers of magnitude 255 at most: exact in any dtype
-        return _rnd(q * scale[:, None], KIND)
+        return rounded(q * scale[:, None], KIND)
 
     @triton.jit
     def _quotient(q, s, S64: tl.constexpr):
@@ -236,5 +218,3 @@ if HAS_TRITON:
             return (q.to(tl.float64) / s[None, :]).to(tl.float32)
         else:
             return tl.div_rn(q, s[None, :])
-else:  # pragma: no cover - depends on the PyTorch build
-    _TL_DTYPES, _KINDS = {}, {}
