@@ -96,16 +96,14 @@ def scaled_masked_softmax_(scores: torch.Tensor, scaling: float, mask: torch.Ten
     factor = float(torch.tensor(scaling, dtype=torch.float32))  # PyTorch multiplies by the float32 scalar
     rows = batch * heads * queries
     grid = (triton.cdiv(rows, BLOCK_ROWS),)
-    options = {"num_warps": NUM_WARPS}
-    if not interpreted:  # compile options the interpreter does not take: no flush of subnormals, no contraction
-        options.update(enable_reflect_ftz=False, enable_fp_fusion=False)
     on_device = torch.cuda.device(scores.device) if scores.is_cuda else contextlib.nullcontext()
     with on_device:
         _softmax_kernel[grid](
             scores, scores if mask is None else mask, rows, heads, queries, row, factor, *strides,
             HAS_MASK=mask is not None, ROWS=BLOCK_ROWS, WIDTH=width, PER_LANE=per_lane,
             LEVELS=width.bit_length() - 1, KIND=KINDS[scores.dtype], DTYPE=TL_DTYPES[scores.dtype],
-            LIBDEVICE=not interpreted, **options,
+            LIBDEVICE=not interpreted, num_warps=NUM_WARPS,
+            enable_reflect_ftz=False, enable_fp_fusion=False,  # no flush of subnormals, no contraction
         )
     return scores
 
