@@ -113,32 +113,51 @@ def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     eager = _model_function(module, "eager_attention_forward")
     if eager is None:
         raise RuntimeError(f"{type(module).__name__}: no eager attention function to follow")
+
+    def own() -> tuple[torch.Tensor, torch.Tensor]:
+        return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
     shape = (*query.shape[:-1], key.shape[-2])
     mask_fits = attention_mask is None or (attention_mask.dtype == query.dtype
                                            and fused_softmax.broadcasts_into(attention_mask.shape, shape))
     if (module.training or query.device.type not in DEVICES or shape[-1] > MAX_ROW or not mask_fits
             or query.dtype not in (torch.bfloat16, torch.float16, torch.float32)):
-        return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        return own()
     for form in FORMS:
         if form == "fused" and not (FUSED and fused_softmax.supported(shape, query.dtype, query.device, attention_mask)):
             continue
-        verdict_key = (type(module), query.device, query.dtype, form)
-        verdict = _VERDICTS.get(verdict_key)
-        if verdict is False:
-            continue
-        try:
-            lean = _lean(module, query, key, value, attention_mask, scaling, form)
-        except torch.cuda.OutOfMemoryError:
-            raise  # the run's back-off handles it
-        except RuntimeError:  # a module this form does not fit (its shapes, say): not this form from now on
-            _VERDICTS[verdict_key] = False
-            continue
-        if verdict is None:  # once per kind, device, dtype and form: the model's own function on the same inputs
-            expected = eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-            _VERDICTS[verdict_key] = bool(lean[0].shape == expected[0].shape and torch.equal(lean[0], expected[0]))
-            return expected
-        return lean
-    return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        found = _checked(_VERDICTS, (type(module), query.device, query.dtype, form),
+                         lambda: _lean(module, query, key, value, attention_mask, scaling, form), own,
+                         lambda mine, theirs: _same(mine[:1], theirs[:1]))
+        if found is not None:
+            return found
+    return own()
+
+
+def _checked(verdicts: dict, verdict_key: tuple, lean: Callable, own: Callable, same: Callable) -> Any:
+    """``lean()``'s result where the kind at ``verdict_key`` was found to give ``own()``'s (``same``);
+    on the first call, ``own()``'s, after comparing the two; None where the kind's lean form was
+    dropped (it differed, or raised), or is dropped now because it raised."""
+    verdict = verdicts.get(verdict_key)
+    if verdict is False:
+        return None
+    try:
+        mine = lean()
+    except torch.cuda.OutOfMemoryError:
+        raise  # the run's back-off handles it
+    except RuntimeError:  # a module this form does not fit (its shapes, say): not this form from now on
+        verdicts[verdict_key] = False
+        return None
+    if verdict is None:  # once per kind: the model's own function on the same inputs
+        theirs = own()
+        verdicts[verdict_key] = bool(same(mine, theirs))
+        return theirs
+    return mine
+
+
+def _same(mine: tuple, theirs: tuple) -> bool:
+    """Whether two tuples of tensors are the same, bit for bit."""
+    return all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine, theirs))
 
 
 def _lean_rotary(original: Callable) -> Callable:
@@ -148,22 +167,9 @@ def _lean_rotary(original: Callable) -> Callable:
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         if q.device.type not in DEVICES or not fused_rotary.supported(q, k, cos, sin, unsqueeze_dim):
             return original(q, k, cos, sin, unsqueeze_dim)
-        verdict_key = (original, q.device, q.dtype)
-        verdict = _ROTARY_VERDICTS.get(verdict_key)
-        if verdict is False:
-            return original(q, k, cos, sin, unsqueeze_dim)
-        try:
-            mine = fused_rotary.rotary(q, k, cos, sin)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except RuntimeError:
-            _ROTARY_VERDICTS[verdict_key] = False
-            return original(q, k, cos, sin, unsqueeze_dim)
-        if verdict is None:
-            theirs = original(q, k, cos, sin, unsqueeze_dim)
-            _ROTARY_VERDICTS[verdict_key] = all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine, theirs))
-            return theirs
-        return mine
+        found = _checked(_ROTARY_VERDICTS, (original, q.device, q.dtype), lambda: fused_rotary.rotary(q, k, cos, sin),
+                         lambda: original(q, k, cos, sin, unsqueeze_dim), _same)
+        return found if found is not None else original(q, k, cos, sin, unsqueeze_dim)
 
     apply_rotary_pos_emb.original = original
     return apply_rotary_pos_emb
