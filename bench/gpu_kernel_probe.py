@@ -36,13 +36,7 @@ from quant_helpers import degenerate_weight, quantized_linear  # noqa: E402
 @triton.jit
 def _probe_kernel(w_ptr, s_ptr, inv_ptr, out_ptr, rows, cols, q_min, q_max, divisor, eps,
                   GROUP: tl.constexpr, BLOCK: tl.constexpr, MUL: tl.constexpr, DIV: tl.constexpr):
-    row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    col = tl.program_id(1) * GROUP + tl.arange(0, GROUP)
-    point = tl.program_id(2)
-    inside = row < rows
-    offsets = row[:, None].to(tl.int64) * cols + col[None, :]
-    w = tl.load(w_ptr + offsets, mask=inside[:, None], other=0.0)
-    s = tl.load(s_ptr + point * cols + col)
+    point, col, inside, offsets, w, s = fc._tile(w_ptr, s_ptr, rows, cols, GROUP, BLOCK)  # the product kernel's
     if MUL == 0:
         v = (w.to(tl.float32).to(tl.float64) * s[None, :]).to(tl.float32)
     else:
@@ -56,8 +50,7 @@ def _probe_kernel(w_ptr, s_ptr, inv_ptr, out_ptr, rows, cols, q_min, q_max, divi
         c = (q.to(tl.float64) * inv[None, :]).to(tl.float32)
     else:
         c = tl.div_rn(q, s.to(tl.float32)[None, :])
-    plane = rows.to(tl.int64) * cols
-    tl.store(out_ptr + point * plane + offsets, rounded(c, 1).to(tl.bfloat16), mask=inside[:, None])
+    fc._store(out_ptr, rows, cols, point, offsets, inside, c, 1, tl.bfloat16)
 
 
 def main() -> None:

@@ -161,13 +161,7 @@ if HAS_TRITON:
         next to a float32 rounding boundary (:func:`_near_tie`: about one element in four million);
         a tile with any such element divides for real. The float64 division was half the kernel's
         time on the H200 (bench/gpu_kernel_probe.py)."""
-        row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        col = tl.program_id(1) * GROUP + tl.arange(0, GROUP)
-        point = tl.program_id(2)
-        inside = row < rows
-        offsets = row[:, None].to(tl.int64) * cols + col[None, :]
-        w = tl.load(w_ptr + offsets, mask=inside[:, None], other=0.0)
-        s = tl.load(s_ptr + point * cols + col)
+        point, col, inside, offsets, w, s = _tile(w_ptr, s_ptr, rows, cols, GROUP, BLOCK)
         # 1. W * s in the scales' dtype, then Tensor.to(weight dtype): float64 goes through float32
         if S64:
             v = (w.to(tl.float32).to(tl.float64) * s[None, :]).to(tl.float32)
@@ -183,6 +177,24 @@ if HAS_TRITON:
                 c = _quotient(q, s, S64)
         else:
             c = _quotient(q, s, S64)
+        _store(out_ptr, rows, cols, point, offsets, inside, c, KIND, DTYPE)
+
+    @triton.jit
+    def _tile(w_ptr, s_ptr, rows, cols, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's tile: its grid point, the group's columns, which rows exist, the tile's
+        offsets in the weight, the weights and the point's scales of those columns."""
+        row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        col = tl.program_id(1) * GROUP + tl.arange(0, GROUP)
+        point = tl.program_id(2)
+        inside = row < rows
+        offsets = row[:, None].to(tl.int64) * cols + col[None, :]
+        w = tl.load(w_ptr + offsets, mask=inside[:, None], other=0.0)
+        s = tl.load(s_ptr + point * cols + col)
+        return point, col, inside, offsets, w, s
+
+    @triton.jit
+    def _store(out_ptr, rows, cols, point, offsets, inside, c, KIND: tl.constexpr, DTYPE: tl.constexpr):
+        """The tile's candidates ``c`` (float32), rounded to the weight's dtype, into the point's plane."""
         plane = rows.to(tl.int64) * cols
         tl.store(out_ptr + point * plane + offsets, rounded(c, KIND).to(DTYPE), mask=inside[:, None])
 
