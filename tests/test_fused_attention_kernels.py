@@ -9,27 +9,16 @@ bench/gpu_attention_kernels.py's.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from qwodel_nb.engine import fused_rotary, fused_softmax
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from triton_interpreter import interpreted  # tests/triton_interpreter.py
 
 
 def test_kernels_in_the_triton_interpreter_give_the_cuda_order_of_operations():
     pytest.importorskip("triton")  # `make test` installs it (Makefile: TRITON)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([ROOT, HERE, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, os.path.join(HERE, "attention_interpreter_check.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = interpreted("attention_interpreter_check.py")
     assert len(result["softmax"]) == 10 and len(result["rotary"]) == 4
     assert [r["case"] for r in result["softmax"] if not (r["identical"] and r["near_torch"])] == []
     assert [r["case"] for r in result["rotary"] if not (r["identical"] and r["contiguous"])] == []

@@ -7,19 +7,12 @@ bench/gpu_fused_check.py's. Everything else here runs in this process.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from qwodel_nb.engine import awq_search
 from qwodel_nb.engine.fused_candidates import _constants, covered, supported
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from triton_interpreter import interpreted  # tests/triton_interpreter.py
 
 
 def _scheme(symmetric: bool = False, group: int = 64, strategy: str | None = None, num_bits: int = 4):
@@ -35,11 +28,7 @@ def _scheme(symmetric: bool = False, group: int = 64, strategy: str | None = Non
 
 def test_kernel_in_the_triton_interpreter_is_bit_identical_to_the_pytorch_path():
     pytest.importorskip("triton")  # `make test` installs it (Makefile: TRITON)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run([sys.executable, os.path.join(HERE, "fused_interpreter_check.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = interpreted("fused_interpreter_check.py")
     assert result["helpers"] == {"bf16": True, "fp16": True, "rint": True}
     assert [name for name, right in result["near_ties"].items() if not right] == []
     # the divisions as multiplications (the default), every tile taken for near a tie (the
