@@ -12,10 +12,16 @@ grid neighbours. Per setting: how many mappings get stock's choice, the largest 
 chosen point's stock loss over stock's best, the mean number of confirmed points, and the forward
 work in units of one grid point over all samples (stock: 20).
 
+With ``--low`` it also records the errors with the screening passes' matrix products in bfloat16
+(qwodel_nb/engine/screening_precision.py, as the search screens on a CPU with AMX) and replays the
+settings on those too, on up to every sample (the work column still counts a screened point as a
+float32 one).
+
 Usage (results: ``RESULTS_DIR/awq_screening_probe_<case>.json`` and a markdown table)::
 
     python3 bench/awq_screening_probe.py --case smollm2-gpu --gguf /root/m/smollm2.gguf
     python3 bench/awq_screening_probe.py --case smollm2-cpu --tie 0.02
+    OMP_NUM_THREADS=2 python3 bench/awq_screening_probe.py --case smollm2-cpu --tie 0.02 --low
     python3 bench/awq_screening_probe.py --replay bench/results/h200-screening/awq_screening_probe_smollm2-gpu.json --tie 0.02
 
 ``--replay`` replays the settings on a file's stored per-sample errors instead of running AWQ.
@@ -42,9 +48,10 @@ KEEPS = (1, 3)
 ZS = (0.0, 1.0, 2.0, 3.0)
 
 
-def per_sample_errors(parent, quantized, weights, scales, batches, references, masks, device) -> list[list[float]]:
+def per_sample_errors(parent, quantized, weights, scales, batches, references, masks, device, low=None) -> list[list[float]]:
     """[grid point][sample]: each calibration sample's summed squared output error, in float32, as
-    screening itself measures it (``_Passes.sample_errors`` in qwodel_nb/engine/awq_search.py)."""
+    screening itself measures it (``_Passes.sample_errors`` in qwodel_nb/engine/awq_search.py);
+    with ``low``, its matrix products in that dtype (qwodel_nb/engine/screening_precision.py)."""
     from qwodel_nb.engine import awq_search
     from qwodel_nb.engine.batch_arguments import rows_and_tokens
 
@@ -52,15 +59,17 @@ def per_sample_errors(parent, quantized, weights, scales, batches, references, m
     passes = awq_search._Passes(parent, quantized, weights, scales, device, per_point, False,
                                 cap_tokens=max(rows_and_tokens(b)[1] for b in batches))
     masks = list(masks) if masks else None
-    return passes.sample_errors(list(range(scales.shape[0])), batches, references, masks)[0]
+    return passes.sample_errors(list(range(scales.shape[0])), batches, references, masks, low)[0]
 
 
-def replay(mappings: list[dict], grid, rows: int, keep: int, z: float, tie: float) -> dict:
+def replay(mappings: list[dict], grid, rows: int, keep: int, z: float, tie: float, errors: str = "per_sample") -> dict:
+    """One setting replayed, screening on ``errors`` (a mapping's key: ``per_sample``, the float32
+    errors, or ``per_sample_low``, recorded with ``--low``)."""
     from qwodel_nb.engine.awq_screening import first_best, survivors, unconfirmed_neighbours
 
     same, worst, confirmed_total = 0, 0.0, 0
     for m in mappings:
-        full, per = m["losses"], m["per_sample"]
+        full, per = m["losses"], m[errors]
         best = min(range(len(full)), key=lambda i: (full[i], i))
         confirmed: dict[int, float] = {}
         todo = survivors([r[:rows] for r in per], keep, z, tie)
@@ -75,6 +84,7 @@ def replay(mappings: list[dict], grid, rows: int, keep: int, z: float, tie: floa
     samples = len(mappings[0]["per_sample"][0]) if mappings else 0
     points = len(grid)
     return {
+        "errors": "bfloat16" if errors == "per_sample_low" else "float32",
         "rows": rows, "keep": keep, "z": z, "tie": tie, "mappings": n, "same_choice": same,
         "worst_loss_excess": worst, "mean_confirmed": confirmed_total / n if n else 0.0,
         "work_points": points * rows / samples + (confirmed_total / n if n else 0.0) if samples else None,
@@ -88,11 +98,13 @@ def main(argv=None) -> dict:
     awq_speed.add_case_options(parser, required=False)
     parser.add_argument("--replay", help="a file this script wrote: replay its stored errors, run nothing")
     parser.add_argument("--tie", type=float, default=0.0, help="also confirm points within this share of the best")
+    parser.add_argument("--low", action="store_true",
+                        help="also record the errors with the parent's matrix products in bfloat16, and replay on those")
     args = parser.parse_args(argv)
     if args.replay:
         with open(args.replay) as fh:
             stored = json.load(fh)
-        table = [replay(stored["mappings"], GRID, r, k, z, args.tie) for r in ROWS for k in KEEPS for z in ZS]
+        table = replay_all(stored["mappings"], stored["samples"], args.tie)
         print_table(table, stored["samples"], args.tie)
         return {"replay": table}
     if not args.case:
@@ -115,6 +127,9 @@ def main(argv=None) -> dict:
         out = real(parent, quantized, weights, scales, grid, batches, references, masks, device, *rest)
         errors = per_sample_errors(parent, quantized, weights, scales, batches, references, masks, device)
         mappings.append({"losses": out[0], "per_sample": errors})
+        if args.low:
+            mappings[-1]["per_sample_low"] = per_sample_errors(parent, quantized, weights, scales, batches, references,
+                                                               masks, device, torch.bfloat16)
         return out
 
     awq_search._forward_losses = recording
@@ -124,7 +139,7 @@ def main(argv=None) -> dict:
             run = awq_speed.run_variant("fast-unscreened", args, folder, tokenizer, calib, texts)
     finally:
         awq_search._forward_losses = real
-    table = [replay(mappings, GRID, r, k, z, args.tie) for r in ROWS for k in KEEPS for z in ZS]
+    table = replay_all(mappings, args.samples, args.tie)
     result = {
         "case": args.case,
         "samples": args.samples,
@@ -145,12 +160,21 @@ def main(argv=None) -> dict:
     return result
 
 
+def replay_all(mappings: list[dict], samples: int, tie: float) -> list[dict]:
+    """Every setting, on the float32 errors and, where recorded, on the bfloat16 ones (on more samples too)."""
+    table = [replay(mappings, GRID, r, k, z, tie) for r in ROWS for k in KEEPS for z in ZS]
+    if mappings and "per_sample_low" in mappings[0]:
+        rows = sorted({*ROWS, samples})
+        table += [replay(mappings, GRID, r, k, z, tie, "per_sample_low") for r in rows for k in KEEPS for z in ZS]
+    return table
+
+
 def print_table(table: list[dict], samples: int, tie: float) -> None:
-    print(f"| samples screened (of {samples}) | always kept | z | tie | same choice | worst loss excess | "
+    print(f"| screened in | samples screened (of {samples}) | always kept | z | tie | same choice | worst loss excess | "
           "mean confirmed | work (stock: 20) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for t in table:
-        print(f"| {t['rows']} | {t['keep']} | {t['z']:g} | {tie:g} | {t['same_choice']}/{t['mappings']} | "
+        print(f"| {t['errors']} | {t['rows']} | {t['keep']} | {t['z']:g} | {tie:g} | {t['same_choice']}/{t['mappings']} | "
               f"{100 * t['worst_loss_excess']:.3f}% | {t['mean_confirmed']:.2f} | {t['work_points']:.2f} |")
 
 

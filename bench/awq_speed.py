@@ -42,6 +42,11 @@ windows from bench/corpus.py) and batch size for every variant:
   lean attention computed with PyTorch's operators and the model's own rotary embedding, instead of
   the fused kernels (``qwodel_nb/engine/fused_softmax.py``, ``qwodel_nb/engine/fused_rotary.py``),
   to measure what those gain. The values are the same.
+* ``fast-float32-screening`` (only when asked for, CPU cases): ``fast`` with token screening's
+  passes in float32 instead of bfloat16 on a CPU with AMX (``qwodel_nb/engine/screening_precision.py``),
+  to measure what that gains. Confirmations are float32 in both, but screening decides which points
+  are confirmed, so the choices may differ; the summary compares each with stock's. Without AMX
+  the two are the same run.
 * ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
   made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
   in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The
@@ -109,7 +114,8 @@ CASES = {
 }
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
             "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
-            "fast-copying-candidates", "fast-computed-references", "fast-model-eager", "fast-unfused-attention")
+            "fast-copying-candidates", "fast-computed-references", "fast-model-eager", "fast-unfused-attention",
+            "fast-float32-screening")
 #: fast without one of its measures, each the same values (variant, summary keys of its speed-up
 #: and of its agreement with fast, the measure, what the variant does instead)
 SAME_VALUE_VARIANTS = (
@@ -373,7 +379,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     import torch
     from transformers import AutoModelForCausalLM
 
-    from qwodel_nb.engine import awq_capture, awq_references, awq_search, lean_attention
+    from qwodel_nb.engine import awq_capture, awq_references, awq_search, lean_attention, screening_precision
     from qwodel_nb.engine.awq import build_recipe, run_oneshot
     from qwodel_nb.engine.awq_capture import AWQModifier
     from qwodel_nb.engine.evaluate import windows_perplexity
@@ -419,6 +425,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     awq_references.ENABLED = variant != "fast-computed-references"
     lean_attention.ENABLED = variant != "fast-model-eager"
     lean_attention.FUSED = variant != "fast-unfused-attention"
+    screening_precision.LOW_PRECISION = False if variant == "fast-float32-screening" else None
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -435,6 +442,8 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         awq_search.CPU_IN_PLACE = True
         awq_references.ENABLED = True
         lean_attention.ENABLED = True
+        lean_attention.FUSED = True
+        screening_precision.LOW_PRECISION = None
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -579,6 +588,11 @@ def summarize(case: str, runs: list[dict], meta: dict) -> dict:
     for variant, speedup, agreement_key, _, _ in SAME_VALUE_VARIANTS:
         s[speedup] = mean(variant, "awq_s") / mean("fast", "awq_s") if by[variant] else None
         s[agreement_key] = agreement(by["fast"][0], by[variant][0]) if by[variant] else None
+    # what screening in bfloat16 gains: the same search screening in float32 against it (choices may differ)
+    wide = by["fast-float32-screening"]
+    s["speedup_bf16_screening_awq"] = mean("fast-float32-screening", "awq_s") / mean("fast", "awq_s") if wide else None
+    s["agreement_float32_screening"] = agreement(by["stock"][0], wide[0]) if wide else None
+    s["search_float32_screening"] = wide[0]["search"] if wide else None
     p_s, p_f = s["perplexity"]["stock"], s["perplexity"]["fast"]
     s["perplexity_rel_diff"] = (p_f - p_s) / p_s if p_s and p_f else None
     return s
@@ -594,7 +608,7 @@ def markdown(s: dict) -> str:
              "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
              "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates",
              "fast-computed-references": "fast, computed references", "fast-model-eager": "fast, model's eager attention",
-             "fast-unfused-attention": "fast, unfused attention"}
+             "fast-unfused-attention": "fast, unfused attention", "fast-float32-screening": "fast, float32 screening"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"
@@ -625,8 +639,8 @@ def markdown(s: dict) -> str:
         rows.append(f"- Token screening ({' vs '.join(s['screening_compared'])}): AWQ phase {s['speedup_screening_awq']:.2f}x "
                     f"faster with it. With it: {w['same_choice']}/{w['mappings']} same choices as stock, where different "
                     f"stock's losses differ by at most {100 * w['max_loss_rel_diff_where_differing']:.3f}%; "
-                    f"{found.get('screened', 0)} mappings screened, {found.get('screened_points_confirmed', 0)} of their "
-                    f"{found.get('screened_points', 0)} grid points evaluated on every token. Without it: "
+                    f"{found.get('screened', 0)} mappings screened, {_confirmed(found)} of their grid points evaluated "
+                    f"on every token. Without it: "
                     f"{u['same_choice']}/{u['mappings']} same choices, curves within {100 * u['max_curve_rel_diff']:.3f}%.")
     for variant, speedup, agreement_key, what, instead in SAME_VALUE_VARIANTS:
         if s.get(speedup) is not None:
@@ -634,6 +648,12 @@ def markdown(s: dict) -> str:
             rows.append(f"- {what}: AWQ phase {s[speedup]:.2f}x faster than with {instead} (the same choice as fast in "
                         f"{w['same_choice']}/{w['mappings']} mappings; loss curves differ by at most "
                         f"{100 * w['max_curve_rel_diff']:.3f}%).")
+    if s.get("speedup_bf16_screening_awq") is not None:
+        w, found, wide = s["agreement_float32_screening"], s["search"], s["search_float32_screening"]
+        rows.append(f"- Screening in bfloat16: AWQ phase {s['speedup_bf16_screening_awq']:.2f}x faster than screening in "
+                    f"float32. Points evaluated on every token: {_confirmed(found)} with it, {_confirmed(wide)} in float32. "
+                    f"Screening in float32: {w['same_choice']}/{w['mappings']} same choices as stock, perplexity "
+                    f"{s['perplexity']['fast-float32-screening']}.")
     if s.get("speedup_fused_awq") is not None:
         rows.append(f"- The fused candidate kernel: AWQ phase {s['speedup_fused_awq']:.2f}x faster than with PyTorch-operator candidates.")
     if s.get("speedup_fused_attention_awq") is not None:
@@ -653,6 +673,11 @@ def markdown(s: dict) -> str:
     rows.append(f"- Fast search methods: {s['search']['methods']}; candidates from the fused kernel: "
                 f"{s['search'].get('fused_candidates', 0)} mappings; handed to stock: {len(s['search']['stock_fallbacks'])}.")
     return "\n".join(rows)
+
+
+def _confirmed(search: dict) -> str:
+    """A search summary's screened grid points evaluated on every token, "confirmed of all"."""
+    return f"{search.get('screened_points_confirmed', 0)} of {search.get('screened_points', 0)}"
 
 
 def add_case_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:

@@ -115,6 +115,8 @@ def install_timers() -> None:
     _wrap(awq_search, "_fused_attention", "    references under fused attention")
     _wrap(awq_search._Passes, "losses",
           lambda *a, **k: "    grid-point passes, " + ("fused attention" if k.get("attention") is not None else "eager or no attention"))
+    _wrap(awq_search._Passes, "sample_errors",
+          lambda *a, **k: "    screening passes, " + str(k.get("low") or (a[5] if len(a) > 5 else None) or "model's dtype"))
     _wrap(awq_search, "_result", "    choice and scales to the host")
 
 

@@ -3,12 +3,13 @@ whole runs through llm-compressor where screening is on, against the stock loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
-from qwodel_nb.engine import awq_screening, awq_search
+from qwodel_nb.engine import awq_screening, awq_search, screening_precision
 from qwodel_nb.engine.awq_screening import (
     Cut,
     cut_arguments,
@@ -140,15 +141,19 @@ def screening_on_small_runs(monkeypatch):
     monkeypatch.setattr(awq_search, "_gram_is_cheaper", lambda *a, **k: False)
 
 
-@pytest.mark.parametrize("batch_size", [16, 1])
+@pytest.mark.parametrize("batch_size,low", [(16, True), (1, True), (16, False)])
 def test_screened_search_confirms_stock_losses_and_chooses_a_stock_local_minimum(
-    tiny_llama, screening_on_small_runs, batch_size
+    tiny_llama, screening_on_small_runs, monkeypatch, batch_size, low
 ):
+    """With the screening passes in bfloat16 (engine/screening_precision.py; forced here, so that a
+    CPU without AMX runs it too) and in float32: either way the confirmed losses are stock's."""
+    monkeypatch.setattr(screening_precision, "LOW_PRECISION", low)
     stock = _awq_run(tiny_llama, "stock", batch_size=batch_size)
     fast = _awq_run(tiny_llama, "fast", batch_size=batch_size)
 
     summary = fast.search_summary
     assert summary["screened"] == len(fast.records) == len(stock.records) > 0
+    assert summary["screened_in"] == {"bfloat16" if low else "float32": summary["screened"]}
     assert 3 * summary["screened"] <= summary["screened_points_confirmed"] < summary["screened_points"] / 2
     same = 0
     for s, f in zip(stock.records, fast.records):
@@ -198,3 +203,21 @@ def test_without_screening_every_point_is_exact(tiny_llama, screening_on_small_r
     fast = _awq_run(tiny_llama, "fast")
     assert fast.search_summary["screened"] == 0
     assert all(r.grid_exact == () for r in fast.records)
+
+
+def test_a_parent_that_fails_in_bfloat16_screens_in_its_own_dtype(tiny_llama, screening_on_small_runs, monkeypatch):
+    """Screening in bfloat16 is a speed measure: where a parent's code fails with bfloat16 products,
+    that mapping screens in float32 and the run goes on."""
+
+    @contextlib.contextmanager
+    def refusing(low):
+        if low is not None:
+            raise RuntimeError("expected scalar type Float but found BFloat16")
+        yield
+
+    monkeypatch.setattr(screening_precision, "LOW_PRECISION", True)
+    monkeypatch.setattr(screening_precision, "computing_in", refusing)
+    fast = _awq_run(tiny_llama, "fast")
+    summary = fast.search_summary
+    assert summary["screened"] == len(fast.records) > 0
+    assert summary["screened_in"] == {"float32": summary["screened"]}

@@ -98,6 +98,7 @@ class AWQModifier(_StockAWQModifier):
     _qw_attended: list = PrivateAttr(default_factory=list)  # per fused-attention mapping: (points confirmed, points)
     _qw_chosen: Any = PrivateAttr(default=None)  # the fast search's (index, exact flags) for the last mapping
     _qw_screened: list = PrivateAttr(default_factory=list)  # per screened mapping: (points confirmed, points)
+    _qw_screened_in: dict = PrivateAttr(default_factory=dict)  # screened mappings per dtype of the screening passes
     _qw_references: Any = PrivateAttr(default=None)  # the parents' calibration-pass outputs (awq_references)
 
     def observe(self, emitter: Emitter | None, num_layers: int, *, search: str = "fast", capture: bool = True,
@@ -151,6 +152,8 @@ class AWQModifier(_StockAWQModifier):
             "screened": len(self._qw_screened),
             "screened_points_confirmed": sum(c for c, _ in self._qw_screened),
             "screened_points": sum(n for _, n in self._qw_screened),
+            # the dtype of the screening passes' matrix products: mappings per dtype (engine/screening_precision.py)
+            "screened_in": dict(self._qw_screened_in),
             "stock_fallbacks": [dict(f) for f in self._qw_fallbacks],
             # eager attention's softmax in one pass: per kind of attention module, device and dtype,
             # whether it gave the model's own outputs (engine/lean_attention.py; this process's checks)
@@ -432,6 +435,8 @@ class AWQModifier(_StockAWQModifier):
                 if result.confirmed is not None:
                     history = self._qw_attended if result.fused_attention else self._qw_screened
                     history.append((len(result.confirmed), len(result.losses)))
+                if result.screened_in is not None:
+                    self._qw_screened_in[result.screened_in] = self._qw_screened_in.get(result.screened_in, 0) + 1
                 return result.best_scales
         self._qw_methods["stock"] = self._qw_methods.get("stock", 0) + 1
         return super()._compute_best_scale(mapping, fp16_outputs, orig_layer_weights)

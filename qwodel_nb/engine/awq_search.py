@@ -52,6 +52,8 @@ arithmetic; on a CPU a large share is the elementwise quantization work.
   tokens): every grid point on a slice of the samples first, then only the points the slice
   cannot rule out on all tokens, with the stock arithmetic. The choice is the first minimum among
   those; the other points' losses are estimates, flagged as such in the result and the records.
+  On a CPU with AMX the screening passes run their matrix products in bfloat16
+  (:mod:`.screening_precision`); the confirmations stay float32.
 * **Linear parents by their Gram matrix** (float32 models, i.e. on a CPU). When the parent is the
   single balance layer itself (``up_proj -> down_proj``, ``v_proj -> o_proj``), the output error
   of candidate weights ``Wq`` is ``||X (Wq - W)^T||^2 = sum((E G) * E)`` with ``E = Wq - W`` and
@@ -84,7 +86,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import cpu_candidates, lean_attention
+from . import cpu_candidates, lean_attention, screening_precision
 from .awq_screening import confirm, cut_arguments, estimated_losses, screening_cuts, screening_default
 from .batch_arguments import map_batch, rows_and_tokens
 from .ranks import agree_all, agree_min, agree_sum, all_reduce, is_distributed
@@ -142,6 +144,7 @@ class SearchResult:
     fused: bool = False  # candidates made by the fused GPU kernel
     confirmed: tuple[int, ...] | None = None  # screening or fused attention: the points with stock's loss
     fused_attention: bool = False  # the parent's passes ran fused causal attention (.search_attention)
+    screened_in: str | None = None  # screening: the dtype of its matrix products ("bfloat16" or the model's)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -669,11 +672,11 @@ def search_best_scales(
     attention = device.type == "cuda" if attention is None else attention
     attention = attention if FUSED_ATTENTION is None else FUSED_ATTENTION
     with direct_access(parent, batches, device):
-        losses, g, fused, confirmed, attended = _forward_losses(
+        losses, g, fused, confirmed, attended, screened_in = _forward_losses(
             parent, quantized, orig_layer_weights, scales, grid, batches, fp16_outputs, masks, device, on_points, live,
             screen, attention,
         )
-    return _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed, attended)
+    return _result(modifier, mapping, scales, losses, "forward", g, fused, confirmed, attended, screened_in)
 
 
 @dataclass
@@ -709,7 +712,8 @@ def _first(arguments: dict[str, Any]) -> torch.Tensor:
 
 
 def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[float], method: str, g: int,
-            fused: bool = False, confirmed: tuple[int, ...] | None = None, fused_attention: bool = False) -> SearchResult:
+            fused: bool = False, confirmed: tuple[int, ...] | None = None, fused_attention: bool = False,
+            screened_in: str | None = None) -> SearchResult:
     exact = confirmed if confirmed is not None else range(len(losses))
     best_index, best_error = -1, float("inf")
     for i in exact:  # screened: only confirmed points are candidates for the choice
@@ -732,7 +736,7 @@ def _result(modifier: Any, mapping: Any, scales: torch.Tensor, losses: list[floa
     )
     best = scales[best_index].detach().to("cpu", copy=True)  # checked on the host: one wait for the device, not two
     assert torch.isnan(best).sum() == 0, f"NaN found in scales: {best}"
-    return SearchResult(best_index, best, losses, method, g, fused, confirmed, fused_attention)
+    return SearchResult(best_index, best, losses, method, g, fused, confirmed, fused_attention, screened_in)
 
 
 def _rows(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -762,11 +766,11 @@ def _forward_losses(
     live: bool,
     screen: bool = False,
     attention: bool = False,
-) -> tuple[list[float], int, bool, tuple[int, ...] | None, bool]:
+) -> tuple[list[float], int, bool, tuple[int, ...] | None, bool, str | None]:
     """Every grid point's loss by forward passes of the parent: on all tokens, screened, or under
     fused attention and then confirmed. Returns the losses, the points per pass, whether the
-    fused candidate kernel made them, the points whose loss is stock's (None: all of them), and
-    whether fused attention ran.
+    fused candidate kernel made them, the points whose loss is stock's (None: all of them),
+    whether fused attention ran, and the dtype screening's matrix products ran in (None: no screening).
 
     Screening (:mod:`.awq_screening`) is used when ``screen`` is set, the run has one process and
     the calibration set is large enough for it to pay. Otherwise, with ``attention`` set, an
@@ -788,7 +792,7 @@ def _forward_losses(
         losses, g, confirmed = _attended_losses(passes, attended, batches, fp16_outputs, masks)
         if on_points is not None:
             on_points(list(range(num_points)), losses)
-        return losses, g, fused, confirmed, True
+        return losses, g, fused, confirmed, True, None
     if cuts is None:
         report = on_points if live else None
         cap_tokens = max(passes.cap_tokens, plain_pass_tokens(parent, batches, fp16_outputs, device))
@@ -796,17 +800,27 @@ def _forward_losses(
                                   cap_tokens=cap_tokens)
         if on_points is not None and report is None:
             on_points(list(range(num_points)), losses)
-        return losses, g, fused, None, False
+        return losses, g, fused, None, False, None
 
     screen_batches = [cut_arguments(batches[c.batch], c.rows) for c in cuts]
     screen_refs = [fp16_outputs[c.batch][: c.rows] for c in cuts]
     screen_masks = [masks[c.batch][: c.rows] for c in cuts] if masks else None
-    errors, g = passes.sample_errors(list(range(num_points)), screen_batches, screen_refs, screen_masks)
+    # its matrix products in bfloat16 where the CPU multiplies that in hardware (.screening_precision)
+    low = screening_precision.SCREEN_DTYPE if screening_precision.applies(device, fp16_outputs[0].dtype) else None
+    try:
+        errors, g = passes.sample_errors(list(range(num_points)), screen_batches, screen_refs, screen_masks, low)
+    except RuntimeError:
+        if low is None:
+            raise
+        # a parent whose own code does not run with bfloat16 products (a dtype it insists on): in its own dtype
+        low = None
+        errors, g = passes.sample_errors(list(range(num_points)), screen_batches, screen_refs, screen_masks)
     confirmed = confirm(errors, lambda points: passes.losses(points, batches, fp16_outputs, masks)[0], grid)
     losses = estimated_losses([math.fsum(row) for row in errors], confirmed)
     if on_points is not None:
         on_points(list(range(num_points)), losses)
-    return losses, g, fused, tuple(sorted(confirmed)), False
+    screened_in = str(low or fp16_outputs[0].dtype).removeprefix("torch.")
+    return losses, g, fused, tuple(sorted(confirmed)), False, screened_in
 
 
 def _attended_losses(passes: "_Passes", attended: _Attended, batches: list[dict[str, Any]],
@@ -864,15 +878,17 @@ class _Passes:
         return int(agree_min(min(self.q_max, points_per_pass(n, pass_tokens, self.device, cap))))
 
     def _outputs(self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], g_max: int,
-                 attention: FusedAttention | None = None):
+                 attention: FusedAttention | None = None, low: torch.dtype | None = None):
         """Per chunk of ``g_max`` grid points and calibration batch: ``(start, g, b, outputs)``, the
         parent's outputs for points ``points[start : start + g]`` over batch ``b``, shaped [g, *reference],
-        under fused ``attention`` if given."""
+        under fused ``attention`` if given, with the matrix products in ``low`` if given
+        (:mod:`.screening_precision`; the outputs then in ``low`` too)."""
         if attention is not None:
             active = attention.active
         else:
             active = self.lean.active if self.lean is not None else contextlib.nullcontext
         n = len(points)
+        batches = [screening_precision.low_arguments(arguments, low) for arguments in batches]  # once, not per chunk
         quantized_from, candidates = -1, {}
         for start in range(0, n, g_max):
             g = min(g_max, n - start)
@@ -882,10 +898,10 @@ class _Passes:
                 quantized_from = start
                 candidates = self._candidates(points[start : start + self.q_max])
             offset = start - quantized_from
-            weights = {layer: c[offset : offset + g] for layer, c in candidates.items()}
+            weights = {layer: c[offset : offset + g].to(low or c.dtype) for layer, c in candidates.items()}
             for b, arguments in enumerate(batches):
                 expanded, batch = repeat_batch(arguments, g)
-                with candidate_forwards(weights, g), active():
+                with candidate_forwards(weights, g), screening_precision.computing_in(low), active():
                     output = _first_output(self.parent(**expanded))
                 reference = references[b]
                 if output.shape[0] != g * batch or output.shape[1:] != reference.shape[1:]:
@@ -934,22 +950,33 @@ class _Passes:
         return (done if report is not None else _read_losses(sums, elements)), g_max
 
     def sample_errors(
-        self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], masks: list | None
+        self, points: list[int], batches: list[dict[str, Any]], references: list[torch.Tensor], masks: list | None,
+        low: torch.dtype | None = None,
     ) -> tuple[list[list[float]], int]:
         """``[point][sample]``: each calibration sample's summed squared output error (float32, loss
-        mask applied), and the points per pass used. This process's samples only (screening runs in one)."""
+        mask applied), and the points per pass used. This process's samples only (screening runs in one).
+        With ``low``, the parent's matrix products are in that dtype, and the references are the
+        parent's outputs with the unquantized weights computed the same way (:mod:`.screening_precision`)."""
+        if low is not None:
+            references = [self.low_reference(arguments, low) for arguments in batches]
         rows = [r.shape[0] for r in references]
         errors = torch.zeros(len(points), sum(rows), dtype=torch.float32, device=self.device)
         offsets = [sum(rows[:b]) for b in range(len(rows))]
         wide = [r.to(self.device).float() for r in references]  # once, not per chunk of points
         g_max = self.chunk_size(len(points), batches)
-        for start, g, b, outputs in self._outputs(points, batches, references, g_max):
+        for start, g, b, outputs in self._outputs(points, batches, references, g_max, low=low):
             squared = (outputs.float() - wide[b].unsqueeze(0)).pow(2)
             if masks:
                 token_mask = (masks[b].to(outputs.device) == 1).to(squared.dtype)
                 squared = squared * token_mask.view(1, *token_mask.shape, *([1] * (squared.dim() - 1 - token_mask.dim())))
             errors[start : start + g, offsets[b] : offsets[b] + rows[b]] = squared.flatten(2).sum(-1)
         return errors.tolist(), g_max
+
+    def low_reference(self, arguments: dict[str, Any], low: torch.dtype) -> torch.Tensor:
+        """The parent's output for one batch with the unquantized weights, its matrix products in ``low``."""
+        weights = {layer: self.weights[layer].unsqueeze(0).to(low) for layer in self.quantized}
+        with candidate_forwards(weights, 1), screening_precision.computing_in(low):
+            return _first_output(self.parent(**screening_precision.low_arguments(arguments, low)))
 
 
 _SUM = torch.nn._reduction.get_enum("sum")
