@@ -165,11 +165,14 @@ def _lean_rotary(original: Callable) -> Callable:
     kernel, where that was found to give its outputs."""
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-        if q.device.type not in DEVICES or not fused_rotary.supported(q, k, cos, sin, unsqueeze_dim):
+        def own() -> tuple[torch.Tensor, torch.Tensor]:
             return original(q, k, cos, sin, unsqueeze_dim)
+
+        if q.device.type not in DEVICES or not fused_rotary.supported(q, k, cos, sin, unsqueeze_dim):
+            return own()
         found = _checked(_ROTARY_VERDICTS, (original, q.device, q.dtype), lambda: fused_rotary.rotary(q, k, cos, sin),
-                         lambda: original(q, k, cos, sin, unsqueeze_dim), _same)
-        return found if found is not None else original(q, k, cos, sin, unsqueeze_dim)
+                         own, _same)
+        return found if found is not None else own()
 
     apply_rotary_pos_emb.original = original
     return apply_rotary_pos_emb
