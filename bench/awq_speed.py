@@ -35,9 +35,10 @@ windows from bench/corpus.py) and batch size for every variant:
   outputs computed again, as stock does, instead of kept from the calibration pass where that gives
   the same values (``qwodel_nb/engine/awq_references.py``), to measure what keeping them gains.
   The values are the same.
-* ``fast-model-eager`` (only when asked for, GPU cases): ``fast`` with the exact passes' attention
-  run by the model's own eager function instead of eager attention with its softmax in one pass
-  (``qwodel_nb/engine/lean_attention.py``), to measure what that gains. The values are the same.
+* ``fast-model-eager`` (only when asked for): ``fast`` with the passes' attention run by the model's
+  own eager function instead of, on a GPU, eager attention with its softmax in one pass, and on a
+  CPU, the model's function a few samples at a time (``qwodel_nb/engine/lean_attention.py``,
+  ``qwodel_nb/engine/chunked_attention.py``), to measure what that gains. The values are the same.
 * ``fast-unfused-attention`` (only when asked for, GPU cases): ``fast`` with the exact passes'
   lean attention computed with PyTorch's operators and the model's own rotary embedding, instead of
   the fused kernels (``qwodel_nb/engine/fused_softmax.py``, ``qwodel_nb/engine/fused_rotary.py``),
@@ -47,6 +48,10 @@ windows from bench/corpus.py) and batch size for every variant:
   to measure what that gains. Confirmations are float32 in both, but screening decides which points
   are confirmed, so the choices may differ; the summary compares each with stock's. Without AMX
   the two are the same run.
+* ``fast-large-cpu-passes`` (only when asked for, CPU cases): ``fast`` with grid-batched passes
+  of up to 4,096 tokens on a CPU, as before the sixteenth session, instead of 2,048
+  (``FLOOR_TOKENS`` in ``qwodel_nb/engine/awq_search.py``), to measure what the smaller passes gain.
+  The values are the same; on a GPU the two are the same run.
 * ``fast-copying-candidates`` (only when asked for, CPU cases): ``fast`` with the CPU's candidates
   made in pieces with a fresh tensor per step, as before the twelfth session, instead of in place
   in reused buffers (``qwodel_nb/engine/cpu_candidates.py``), to measure what that gains. The
@@ -115,7 +120,7 @@ CASES = {
 VARIANTS = ("stock", "fast", "fast-nocapture", "fast-unfused", "fast-unscreened", "fast-screened", "fast-eager",
             "fast-cpu-activations", "stock-gpu-activations", "fast-whole-candidates", "fast-stock-passes",
             "fast-copying-candidates", "fast-computed-references", "fast-model-eager", "fast-unfused-attention",
-            "fast-float32-screening")
+            "fast-float32-screening", "fast-large-cpu-passes")
 #: fast without one of its measures, each the same values (variant, summary keys of its speed-up
 #: and of its agreement with fast, the measure, what the variant does instead)
 SAME_VALUE_VARIANTS = (
@@ -126,11 +131,14 @@ SAME_VALUE_VARIANTS = (
     ("fast-computed-references", "speedup_kept_references_awq", "agreement_computed_references",
      "Reference outputs from the calibration pass", "them computed again"),
     ("fast-model-eager", "speedup_lean_attention_awq", "agreement_model_eager",
-     "Eager attention's softmax in one pass", "the model's own eager attention"),
+     "Lean eager attention (its softmax in one pass on a GPU, a few samples at a time on a CPU)",
+     "the model's own eager attention"),
     ("fast-unfused-attention", "speedup_fused_attention_kernels_awq", "agreement_unfused_attention",
      "Attention's rotary embedding, scaling, mask and softmax in fused kernels", "PyTorch's operators"),
     ("fast-stock-passes", "speedup_fast_passes_awq", "agreement_stock_passes",
      "Calibration hooks and the weight pass over all layers at once", "llm-compressor's own"),
+    ("fast-large-cpu-passes", "speedup_cpu_pass_size_awq", "agreement_large_cpu_passes",
+     "Grid-batched passes of up to 2,048 tokens on a CPU", "passes of up to 4,096"),
 )
 #: run unless --variants says otherwise; "fast-unfused" makes the candidates with PyTorch operators
 #: instead of the fused GPU kernel (the same on a CPU, where there is no kernel)
@@ -426,6 +434,9 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
     lean_attention.ENABLED = variant != "fast-model-eager"
     lean_attention.FUSED = variant != "fast-unfused-attention"
     screening_precision.LOW_PRECISION = False if variant == "fast-float32-screening" else None
+    floor = awq_search.FLOOR_TOKENS["cpu"]
+    if variant == "fast-large-cpu-passes":  # the CPU's token floor before the sixteenth session
+        awq_search.FLOOR_TOKENS["cpu"] = 4096
     if variant == "fast-whole-candidates":  # the working set as before: 16 bytes per element, one piece
         awq_search.CPU_PIECE_ELEMENTS, awq_search.CPU_KEPT_BYTES = sys.maxsize, 16
     try:
@@ -444,6 +455,7 @@ def run_variant(variant: str, args, folder: str, tokenizer, calib, texts, *, cli
         lean_attention.ENABLED = True
         lean_attention.FUSED = True
         screening_precision.LOW_PRECISION = None
+        awq_search.FLOOR_TOKENS["cpu"] = floor
     awq_s = time.perf_counter() - t1
     peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak
 
@@ -608,7 +620,8 @@ def markdown(s: dict) -> str:
              "stock-gpu-activations": "stock, layer inputs on the GPU", "fast-whole-candidates": "fast, whole candidates",
              "fast-stock-passes": "fast, stock hooks and weight pass", "fast-copying-candidates": "fast, copying candidates",
              "fast-computed-references": "fast, computed references", "fast-model-eager": "fast, model's eager attention",
-             "fast-unfused-attention": "fast, unfused attention", "fast-float32-screening": "fast, float32 screening"}
+             "fast-unfused-attention": "fast, unfused attention", "fast-float32-screening": "fast, float32 screening",
+             "fast-large-cpu-passes": "fast, 4,096-token CPU passes"}
     capture = "" if s["capture_overhead"] is None else f"; capture and events add {100 * s['capture_overhead']:+.1f}%"
     if s["capture_overhead"] is not None and s["repeats"] > 1:
         capture += f" ({100 * s['capture_overhead_min']:+.1f}% between the fastest runs)"

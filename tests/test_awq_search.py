@@ -322,8 +322,10 @@ def test_repeat_batch_leaves_broadcast_and_one_dimensional_arguments_alone():
 
 def test_points_per_pass_is_bounded_by_the_largest_batch():
     cpu = torch.device("cpu")
-    assert awq_search.points_per_pass(20, 4096, cpu) == 1  # batches already hold the token floor
-    assert awq_search.points_per_pass(20, 512, cpu) == 8  # 4096 // 512
+    assert awq_search.points_per_pass(20, 2048, cpu) == 1  # batches already hold the token floor
+    assert awq_search.points_per_pass(20, 4096, cpu) == 1
+    assert awq_search.points_per_pass(20, 512, cpu) == 4  # 2048 // 512
+    assert awq_search.points_per_pass(20, 512, cpu, cap_tokens=4096) == 8  # a larger batch elsewhere in the set
     assert awq_search.points_per_pass(20, 10, cpu) == 20  # never more than the grid
     assert awq_search.points_quantized_together(20, 10**4, cpu) == 20  # small layers: all candidates at once
     assert awq_search.points_quantized_together(20, 2 * 10**6, cpu) == 20  # SmolLM2's MLP: all 20 kept, 153 MiB

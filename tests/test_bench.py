@@ -71,14 +71,18 @@ def test_speed_benchmark_compares_token_screening(bench_modules, tmp_path):
     """32 x 128 tokens: enough for the fast search to screen on a CPU (its default there)."""
     awq_speed, _ = bench_modules
     summary = awq_speed.main(["--case", "tiny-cpu", "--samples", "32", "--seq-len", "128", "--variants",
-                              "stock,fast,fast-unscreened", "--no-save", "--results-dir", str(tmp_path),
-                              "--workdir", str(tmp_path)])
+                              "stock,fast,fast-unscreened,fast-large-cpu-passes", "--no-save", "--results-dir",
+                              str(tmp_path), "--workdir", str(tmp_path)])
     assert summary["screening_compared"] == ["fast", "fast-unscreened"]
     found = summary["search_screened"]
     assert found["screened"] > 0 and 0 < found["screened_points_confirmed"] < found["screened_points"]
     assert summary["agreement_unscreened"]["same_share"] == 1.0  # without screening: stock's choices exactly
     assert summary["agreement"]["points_compared"] < sum(20 for _ in range(summary["agreement"]["mappings"]))
     assert "Token screening (fast vs fast-unscreened)" in awq_speed.markdown(summary)
+    # batches of 8 x 128 tokens: 2 grid points a pass, 4 with the former 4,096-token floor; the same losses
+    larger = summary["agreement_large_cpu_passes"]
+    assert larger["same_share"] == 1.0 and larger["max_curve_rel_diff"] == 0.0
+    assert "Grid-batched passes of up to 2,048 tokens on a CPU" in awq_speed.markdown(summary)
 
 
 def test_screening_probe_replays_its_rules(monkeypatch, tmp_path):
@@ -256,3 +260,17 @@ def test_cpu_candidates_probe_times_three_ways_with_the_same_values(monkeypatch,
     assert row["identical"] and row["identical_in_place"]
     assert row["whole_s"] > 0 and row["pieces_s"] > 0 and row["in_place_s"] > 0
     assert (tmp_path / "probe.json").is_file()
+
+
+def test_cpu_attention_probe_times_whole_and_chunked_calls_with_the_same_values(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(BENCH)
+    import cpu_attention_probe
+
+    result = cpu_attention_probe.main(["--out", str(tmp_path / "attention.json"), "--repeats", "1", "--passes", "1"])
+    rows = result["rows"]  # the first pass shape (8 samples of 256 tokens), both models, both dtypes
+    assert [(r["model"], r["dtype"]) for r in rows] == [(m, d) for m, *_ in cpu_attention_probe.MODELS
+                                                        for d in ("float32", "bfloat16 autocast")]
+    assert all(r["identical"] for r in rows)
+    assert rows[0]["chosen_rows"] == 3 and set(rows[0]["rows_s"]) == {"1", "2", "3", "4", "8"}
+    assert all(r["whole_s"] > 0 and r["faults_whole"] >= 0 for r in rows)
+    assert (tmp_path / "attention.json").is_file()

@@ -93,8 +93,11 @@ from .ranks import agree_all, agree_min, agree_sum, all_reduce, is_distributed
 from .resident import direct_access
 from .search_attention import PASS_ROW_UNITS, FusedAttention, plan, references_agree, to_confirm
 
-#: tokens a grid-batched pass may hold when the calibration batches are smaller than this
-FLOOR_TOKENS = {"cpu": 4096, "cuda": 2048}
+#: tokens a grid-batched pass may hold when the calibration batches are smaller than this. On a
+#: CPU, measured side by side on SmolLM2 (bench/RESULTS.md, "Eager attention a few samples at a
+#: time on a CPU"): 2,048 against 4,096 tokens, at 8 x 256 on 2 cores the AWQ phase 1.03x faster
+#: with 0.82x the peak RSS; at 32 x 512, and on 16 cores, the same time
+FLOOR_TOKENS = {"cpu": 2048, "cuda": 2048}
 #: share of the memory already allocated on the GPU that the candidate weights of a chunk may take
 WEIGHT_BUDGET_FRACTION = 0.05
 #: bytes per weight element while candidates are made: the float32 product and quotient and
@@ -853,7 +856,8 @@ class _Passes:
         self.scales, self.device, self.cap_tokens = scales, device, cap_tokens
         self.q_max = points_quantized_together(scales.shape[0], per_point, device, fused=fused)
         self._kept: tuple[list[int], dict] = ([], {})
-        # the exact passes' eager attention with its softmax in one pass, where that is eager's (engine/lean_attention.py)
+        # eager attention with its softmax in one pass on a GPU, a few samples at a time on a CPU, where
+        # that is eager's (engine/lean_attention.py)
         self.lean = lean_attention.plan(parent, device)
 
     def _candidates(self, span: list[int]) -> dict[torch.nn.Module, torch.Tensor]:

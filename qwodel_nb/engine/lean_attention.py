@@ -1,4 +1,5 @@
-"""Eager attention in fewer passes, for the fast search's exact passes on a GPU.
+"""Eager attention in fewer passes, for the fast search's exact passes on a GPU; a few samples at
+a time on a CPU.
 
 The exact passes of an attention parent run eager attention, as llm-compressor calibrates and as
 the stock search evaluates. transformers' eager attention makes many passes over tensors that a
@@ -26,8 +27,12 @@ dtype also runs the model's own eager function on the same inputs and compares t
 bit, and the first fused rotation for a modeling file, device and dtype is compared with the file's
 own function. A form that differs (another model's eager attention: soft-capping, sinks, another
 mask rule) or raises is dropped for that kind for the rest of the process; the next form is tried,
-then the model's own function. Rows longer than ``MAX_ROW``, training mode and devices other than
-CUDA GPUs always take the model's own function.
+then the model's own function. Rows longer than ``MAX_ROW`` and training mode always take the
+model's own function.
+
+On a CPU (``CHUNKED_DEVICES``) the one form is ``"chunked"``: the model's own eager function called
+on a few samples at a time, so that each call's score matrices stay in the caches
+(engine/chunked_attention.py), checked on first use in the same way. The rotation is left alone there.
 """
 
 from __future__ import annotations
@@ -40,13 +45,16 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import fused_rotary, fused_softmax
+from . import chunked_attention, fused_rotary, fused_softmax
 from .search_attention import AttentionSwitch, attention_modules, configs_of
 
 #: the implementation's name in transformers' attention interface
 NAME = "qwodel_lean_eager"
 #: devices where the lean forms are tried (their equality is a property of PyTorch's CUDA kernels)
 DEVICES = ("cuda",)
+#: devices where the chunked form is tried instead (engine/chunked_attention.py)
+CHUNKED_DEVICES = ("cpu",)
+CHUNKED = "chunked"
 #: the longest rows for which both softmax calls take PyTorch's one-warp kernel
 MAX_ROW = 1024
 #: the lean forms, in the order tried (module docstring)
@@ -108,8 +116,9 @@ def _lean(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value
 
 def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                          attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0,
-                         **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's eager attention, in fewer passes where that was found to give its outputs."""
+                         **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's eager attention, in fewer passes (on a CPU, a few samples at a time) where that
+    was found to give its outputs."""
     eager = _model_function(module, "eager_attention_forward")
     if eager is None:
         raise RuntimeError(f"{type(module).__name__}: no eager attention function to follow")
@@ -117,6 +126,8 @@ def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     def own() -> tuple[torch.Tensor, torch.Tensor]:
         return eager(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
+    if not module.training and query.device.type not in DEVICES and query.device.type in CHUNKED_DEVICES:
+        return _chunked(eager, module, query, key, value, attention_mask, scaling, dropout, own, kwargs)
     shape = (*query.shape[:-1], key.shape[-2])
     mask_fits = attention_mask is None or (attention_mask.dtype == query.dtype
                                            and fused_softmax.broadcasts_into(attention_mask.shape, shape))
@@ -132,6 +143,24 @@ def lean_eager_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
         if found is not None:
             return found
     return own()
+
+
+def _chunked(eager: Callable, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+             attention_mask: torch.Tensor | None, scaling: float, dropout: float, own: Callable,
+             kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's eager attention a few samples at a time, where that was found to give its
+    outputs; the whole batch at once where it fits one call or the form was dropped."""
+    rows = chunked_attention.rows_per_chunk(query, key)
+    if rows >= query.shape[0]:
+        return own()
+    # under autocast (token screening's bfloat16 products) the calls compute otherwise: a kind of its own
+    autocast = torch.is_autocast_enabled(query.device.type)
+    form = f"{CHUNKED} under {_name(torch.get_autocast_dtype(query.device.type))} autocast" if autocast else CHUNKED
+    found = _checked(_VERDICTS, (type(module), query.device, query.dtype, form),
+                     lambda: chunked_attention.attention(eager, module, query, key, value, attention_mask, scaling,
+                                                         dropout, rows, **kwargs),
+                     own, lambda mine, theirs: _same(mine[:1], theirs[:1]))
+    return found if found is not None else own()
 
 
 def _checked(verdicts: dict, verdict_key: tuple, lean: Callable, own: Callable, same: Callable) -> Any:
@@ -223,10 +252,10 @@ def _register() -> bool:
 
 def plan(parent: torch.nn.Module, device: torch.device) -> LeanSwitch | None:
     """The lean forms for the attention modules inside ``parent`` (those that take their
-    implementation from the config), or None: not enabled, not a device of ``DEVICES``, no such
-    module, one not under eager attention or without a modeling file's eager function, or no
-    interface to register with."""
-    if not ENABLED or device.type not in DEVICES:
+    implementation from the config), or None: not enabled, a device of neither ``DEVICES`` nor
+    ``CHUNKED_DEVICES``, no such module, one not under eager attention or without a modeling
+    file's eager function, or no interface to register with."""
+    if not ENABLED or device.type not in DEVICES + CHUNKED_DEVICES:
         return None
     modules = attention_modules(parent)
     if not modules:
@@ -239,7 +268,7 @@ def plan(parent: torch.nn.Module, device: torch.device) -> LeanSwitch | None:
             return None
         _registered.append(NAME)
     namespaces: list[dict] = []
-    for module in modules if FUSED else ():
+    for module in modules if FUSED and device.type in DEVICES else ():
         namespace = _rotary_namespace(module)
         if namespace is not None and all(namespace is not n for n in namespaces):
             namespaces.append(namespace)
