@@ -16,7 +16,8 @@ least one sample); :func:`attention` makes the calls. Measured side by side on S
 took 170.0 s against 205.2 s with whole calls; at 8 x 256, and on 16 cores, the same time within noise.
 
 Whether the result is the model's own is not assumed: ``engine/lean_attention.py`` compares the two
-on first use for each kind of attention module and dtype, and drops the chunked form where they differ.
+on first use for each kind of attention module, dtype and autocast state, and drops the chunked form
+where they differ.
 """
 
 from __future__ import annotations

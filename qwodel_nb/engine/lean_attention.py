@@ -31,8 +31,9 @@ then the model's own function. Rows longer than ``MAX_ROW`` and training mode al
 model's own function.
 
 On a CPU (``CHUNKED_DEVICES``) the one form is ``"chunked"``: the model's own eager function called
-on a few samples at a time, so that each call's score matrices stay in the caches
-(engine/chunked_attention.py), checked on first use in the same way. The rotation is left alone there.
+on a few samples at a time, so that each call's score matrices are small enough for the allocator
+to reuse their memory instead of taking fresh pages from the kernel (engine/chunked_attention.py),
+checked on first use in the same way, under autocast apart. The rotation is left alone there.
 """
 
 from __future__ import annotations
