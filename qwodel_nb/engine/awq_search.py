@@ -962,7 +962,7 @@ class _Passes:
         With ``low``, the parent's matrix products are in that dtype, and the references are the
         parent's outputs with the unquantized weights computed the same way (:mod:`.screening_precision`)."""
         if low is not None:
-            references = [self.low_reference(arguments, low) for arguments in batches]
+            references = self.low_references(batches, low)
         rows = [r.shape[0] for r in references]
         errors = torch.zeros(len(points), sum(rows), dtype=torch.float32, device=self.device)
         offsets = [sum(rows[:b]) for b in range(len(rows))]
@@ -976,11 +976,13 @@ class _Passes:
             errors[start : start + g, offsets[b] : offsets[b] + rows[b]] = squared.flatten(2).sum(-1)
         return errors.tolist(), g_max
 
-    def low_reference(self, arguments: dict[str, Any], low: torch.dtype) -> torch.Tensor:
-        """The parent's output for one batch with the unquantized weights, its matrix products in ``low``."""
+    def low_references(self, batches: list[dict[str, Any]], low: torch.dtype) -> list[torch.Tensor]:
+        """The parent's output for each batch with the unquantized weights (rounded to ``low`` once for
+        all batches), its matrix products in ``low``."""
         weights = {layer: self.weights[layer].unsqueeze(0).to(low) for layer in self.quantized}
         with candidate_forwards(weights, 1), screening_precision.computing_in(low):
-            return _first_output(self.parent(**screening_precision.low_arguments(arguments, low)))
+            return [_first_output(self.parent(**screening_precision.low_arguments(arguments, low)))
+                    for arguments in batches]
 
 
 _SUM = torch.nn._reduction.get_enum("sum")
